@@ -1,0 +1,230 @@
+"""The hub: owns the store, the bus and the HTTP server, and runs the background work in one TaskGroup.
+
+Ingest path: `ingest()` (awaits durability: HTTP push) and `submit()` (fire-and-forget: device sources) queue
+readings for one writer task. The writer appends each batch to the store's WAL, syncs once per batch (a group
+commit), acknowledges, and only then publishes the stored readings on the bus for things, rules, exporters and
+live views. When the disk is full the writer holds unacknowledged readings in memory (bounded by
+`store.max_buffered`, oldest dropped and counted beyond that), fails acknowledged-path writes with
+StoreFullError, and retries until space returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from roost.bus import Bus
+from roost.config import Settings
+from roost.errors import RoostError, StoreFullError
+from roost.model import Reading
+from roost.selector import Selector
+from roost.store import RetentionRule, Store, StoreOptions, WriteResult
+from roost.telemetry import SelfMetrics
+
+log = logging.getLogger("roost.hub")
+
+_FULL_RETRY_S = 5.0
+_RETENTION_EVERY_S = 3600.0
+
+
+def store_options(settings: Settings) -> StoreOptions:
+    s = settings.store
+    return StoreOptions(
+        max_series=s.max_series,
+        fsync=s.fsync,
+        retention=tuple(RetentionRule(Selector.parse(r.match), r.keep_ms, r.raw_ms) for r in s.retention),
+    )
+
+
+@dataclass(eq=False)
+class _Pending:
+    readings: list[Reading]
+    done: asyncio.Future[WriteResult] | None
+
+
+class Hub:
+    """`async with Hub(settings) as hub: await hub.run()` — or use `hub.ingest()` from tests and tools."""
+
+    def __init__(self, settings: Settings, *, serve_http: bool = True):
+        self.settings = settings
+        self.metrics = SelfMetrics()
+        self.bus: Bus[Reading] = Bus()
+        self.store: Store
+        self.started_at = time.time()
+        self._serve_http = serve_http
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._held: deque[Reading] = deque()
+        self._runner: web.AppRunner | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._stopping = asyncio.Event()
+        self.url = ""
+
+    async def __aenter__(self) -> Hub:
+        data = self.settings.hub.data
+        self.store = Store.open(data, store_options(self.settings), writer=True)
+        log.info("store %s: %d series, %d samples to replay", data, self.store.series_count, self.store.head_samples)
+        if self._serve_http:
+            from roost.api.app import create_app
+
+            self._runner = web.AppRunner(create_app(self), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.settings.hub.listen_host, self.settings.hub.listen_port)
+            try:
+                await site.start()
+            except OSError as exc:
+                await self._runner.cleanup()
+                self.store.close()
+                raise RoostError(
+                    f"hub.listen: cannot listen on {self.settings.hub.listen_host}:{self.settings.hub.listen_port} "
+                    f"({exc.strerror}) — is another roost running? choose another port with --listen"
+                ) from None
+            port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+            self.url = f"http://{self.settings.hub.listen_host}:{port}"
+            log.info("serving %s", self.url)
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._tasks.create_task(self._writer(), name="store-writer")
+        self._tasks.create_task(self._maintenance(), name="store-maintenance")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._tasks is not None:
+            for task in list(self._tasks._tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks.__aexit__(None, None, None)
+        try:
+            await asyncio.to_thread(self.store.compact)
+        except RoostError as err:
+            log.warning("final compaction skipped: %s (the write-ahead log keeps the data)", err)
+        self.store.close()
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        """Run a background coroutine for the hub's lifetime (sources, demo, exporters)."""
+        assert self._tasks is not None, "the hub is not running"
+        return self._tasks.create_task(coro, name=name)
+
+    async def run(self) -> None:
+        """Serve until cancelled (Ctrl-C, SIGTERM)."""
+        await self._stopping.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(self, readings: Iterable[Reading]) -> WriteResult:
+        """Store readings and return once they are durable (raises StoreFullError when the disk is full)."""
+        done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(list(readings), done))
+        return await done
+
+    def submit(self, readings: Iterable[Reading]) -> None:
+        """Queue readings for the store without waiting (device sources)."""
+        self._queue.put_nowait(_Pending(list(readings), None))
+
+    async def _writer(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        stored: list[tuple[_Pending, WriteResult]] = []
+        try:
+            if self._held:
+                self._write_held()
+            for item in batch:
+                result = self.store.write(item.readings)
+                stored.append((item, result))
+            await asyncio.to_thread(self.store.sync)
+        except StoreFullError as err:
+            self.metrics.store_errors.labels(reason="disk_full").inc()
+            log.error("%s", err)
+            for item in batch[len(stored):]:
+                if item.done is None:
+                    self._hold(item.readings)
+                elif not item.done.done():
+                    item.done.set_exception(err)
+            self.metrics.buffered.set(len(self._held))
+            await asyncio.sleep(_FULL_RETRY_S)
+        for item, result in stored:
+            self._account(item.readings, result)
+            if item.done is not None and not item.done.done():
+                item.done.set_result(result)
+
+    def _write_held(self) -> None:
+        held = list(self._held)
+        result = self.store.write(held)  # raises StoreFullError again while the disk is still full
+        self._held.clear()
+        self.metrics.buffered.set(0)
+        log.info("disk space is back: stored %d readings held in memory", len(held))
+        self._account(held, result)
+
+    def _hold(self, readings: list[Reading]) -> None:
+        limit = self.settings.store.max_buffered
+        for r in readings:
+            if len(self._held) >= limit:
+                self._held.popleft()
+                self.metrics.store_errors.labels(reason="buffer_overflow").inc()
+            self._held.append(r)
+
+    def _account(self, readings: list[Reading], result: WriteResult) -> None:
+        self.metrics.readings.inc(result.accepted)
+        for reason, count in result.rejected.items():
+            self.metrics.reject(reason, "store", f"{count} reading(s) refused by the store", count)
+        if result.rejected:
+            readings = [r for r in readings if r.value == r.value and abs(r.value) != float("inf")]
+        self.bus.publish_many(readings)
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def _maintenance(self) -> None:
+        interval = self.settings.store.compact_interval_ms / 1000
+        last_retention = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            await self.compact()
+            if time.monotonic() - last_retention >= _RETENTION_EVERY_S:
+                last_retention = time.monotonic()
+                try:
+                    stats = await asyncio.to_thread(self.store.apply_retention)
+                    if any(stats.values()):
+                        log.info("retention: %s", stats)
+                except RoostError as err:
+                    log.error("retention skipped: %s", err)
+            self.refresh_gauges()
+
+    async def compact(self) -> int:
+        """Move recent readings from the head into compressed chunks (in a worker thread)."""
+        if not self.store.freeze_head():
+            return 0
+        try:
+            n = await asyncio.to_thread(self.store.compact_frozen)
+        except RoostError as err:
+            self.store.finish_compaction(False)
+            self.metrics.store_errors.labels(reason="compaction").inc()
+            log.error("compaction failed, will retry: %s", err)
+            return 0
+        self.store.finish_compaction(True)
+        self.metrics.compactions.inc()
+        return n
+
+    def refresh_gauges(self) -> None:
+        self.metrics.series.set(self.store.series_count)
+        self.metrics.head_samples.set(self.store.head_samples)
+        self.metrics.disk_bytes.set(self.store.disk_bytes())
+        for sub in self.bus.subscribers:
+            counter = self.metrics.bus_dropped.labels(subscriber=sub.name)
+            counter.inc(sub.dropped - counter._value.get())

@@ -1,0 +1,68 @@
+"""Series selectors as Prometheus writes them: `temperature_celsius{room=~"lounge|bedroom", source!="demo"}`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import promql_parser
+
+from roost.errors import QueryError
+from roost.model import Series
+
+# MatchOp values are not hashable, so they are looked up by name.
+_OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    name: str  # "__name__" for the metric name
+    op: str  # one of = != =~ !~
+    value: str
+
+    def matches(self, actual: str) -> bool:
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        hit = re.fullmatch(self.value, actual) is not None
+        return hit if self.op == "=~" else not hit
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """A parsed vector selector; `matches(series)` applies every matcher, missing labels read as ""."""
+
+    text: str
+    matchers: tuple[Matcher, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Selector:
+        try:
+            expr = promql_parser.parse(text)
+        except Exception as exc:  # the parser raises plain ValueError/RuntimeError with its own message
+            raise QueryError(f"cannot parse selector {text!r}: {exc}") from None
+        if not isinstance(expr, promql_parser.VectorSelector) or expr.offset is not None or expr.at is not None:
+            raise QueryError(f"{text!r} is not a plain series selector such as temperature_celsius{{room=\"lounge\"}}")
+        matchers = []
+        if expr.name:
+            matchers.append(Matcher("__name__", "=", expr.name))
+        for m in expr.matchers.matchers:
+            op = _OPS[str(m.op)]
+            if op in ("=~", "!~"):
+                try:
+                    re.compile(m.value)
+                except re.error as exc:
+                    raise QueryError(f"selector {text!r}: bad regular expression {m.value!r}: {exc}") from None
+            matchers.append(Matcher(m.name, op, m.value))
+        if not any(m.op in ("=", "=~") and not m.matches("") for m in matchers):
+            raise QueryError(f"selector {text!r} must have a metric name or a label matcher that excludes empty values")
+        return cls(text, tuple(matchers))
+
+    def matches(self, series: Series) -> bool:
+        labels = series.label_dict
+        for m in self.matchers:
+            actual = series.metric if m.name == "__name__" else labels.get(m.name, "")
+            if not m.matches(actual):
+                return False
+        return True

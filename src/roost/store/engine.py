@@ -1,0 +1,746 @@
+"""The embedded time-series store: a write-ahead log and in-memory head for recent readings, compacted into
+per-series day chunks in SQLite, with hourly rollups for long-range queries.
+
+Files under the data directory:
+  store.db   SQLite (WAL mode): series, chunks (one row per series and UTC day), rollup_1h (one row per
+             series and 32-day block), rollup_5m (per series-day, only where raw samples were dropped by a
+             `raw` retention rule), meta (the last compacted WAL segment)
+  wal/       append-only segments of readings not yet compacted
+  LOCK       held by the one process that writes the WAL (the hub)
+
+Row ids are `day << 24 | series_id`, so new days append at the end of the B-tree (dense pages, sequential
+writes) and one series' days are found by id lists. Any process may read while the hub writes: readers see
+the chunks of one SQLite snapshot plus the WAL segments that snapshot has not compacted yet. Bulk writes
+(import, backfill) go straight into chunks inside SQLite transactions, so they too are safe beside a hub.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from array import array
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from roost.errors import StoreError, StoreFullError
+from roost.model import Reading, Series, now_ms
+from roost.selector import Selector
+from roost.store import wal
+from roost.store.blocks import BLOCK_DAYS, decode_rows, encode_rows
+from roost.store.codec import decode_chunk, encode_chunk
+from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, combine, rollup_samples
+
+log = logging.getLogger("roost.store")
+
+DAY_MS = 86_400_000
+_SID_BITS = 24
+_SID_MASK = (1 << _SID_BITS) - 1
+AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, metric TEXT NOT NULL, labels TEXT NOT NULL,
+    last_ts INTEGER, last_value REAL);
+CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rollup_1h (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rollup_5m (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """Series matching `selector` lose samples older than `keep_ms`, and raw samples older than `raw_ms`."""
+
+    selector: Selector
+    keep_ms: int | None = None
+    raw_ms: int | None = None
+
+
+@dataclass(slots=True)
+class StoreOptions:
+    max_series: int = 10_000
+    fsync: bool = True
+    retention: tuple[RetentionRule, ...] = ()
+
+
+@dataclass(slots=True)
+class WriteResult:
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SeriesData:
+    """One series' answer to a query: bucket (or sample) timestamps in ms and values."""
+
+    series: Series
+    ts: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(slots=True)
+class _HeadSeries:
+    ts: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))
+    ordered: bool = True
+
+    def add(self, ts_ms: int, value: float) -> None:
+        if self.ts and ts_ms <= self.ts[-1]:
+            self.ordered = False
+        self.ts.append(ts_ms)
+        self.values.append(value)
+
+
+def _row_id(day: int, sid: int) -> int:
+    return (day << _SID_BITS) | sid
+
+
+def _series_key(series: Series) -> str:
+    return str(series)
+
+
+def merge_samples(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, de-duplicated samples from parts given oldest write first; a later write wins at the same ts."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    ts = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
+    values = np.concatenate([p[1] for p in parts]).astype(np.float64, copy=False)
+    if len(parts) == 1 and (len(ts) < 2 or bool(np.all(ts[1:] > ts[:-1]))):
+        return ts, values
+    order = np.argsort(ts, kind="stable")
+    ts, values = ts[order], values[order]
+    keep = np.append(ts[1:] != ts[:-1], True)  # the last of each run of equal timestamps
+    return ts[keep], values[keep]
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Store:
+    """Open with `Store.open(data_dir, writer=True)` in the hub; any other process opens it as a reader."""
+
+    def __init__(self, data_dir: Path, options: StoreOptions, *, writer: bool):
+        self.data_dir = Path(data_dir)
+        self.options = options
+        self.writer = writer
+        self.db_path = self.data_dir / "store.db"
+        self.wal_dir = self.data_dir / "wal"
+        self._lock_fd: int | None = None
+        self._segment: wal.SegmentWriter | None = None
+        self._head: dict[int, _HeadSeries] = {}
+        self._frozen: dict[int, _HeadSeries] = {}
+        self._latest: dict[int, tuple[int, float]] = {}
+        self._series_by_key: dict[str, int] = {}
+        self._series_by_id: dict[int, Series] = {}
+        self._compact_lock = threading.Lock()
+        self.head_samples = 0
+        self.rejected: dict[str, int] = defaultdict(int)
+        self.conn: sqlite3.Connection
+
+    # ----------------------------------------------------------------- open / close
+
+    @classmethod
+    def open(cls, data_dir: Path | str, options: StoreOptions | None = None, *, writer: bool = False) -> Store:
+        store = cls(Path(data_dir), options or StoreOptions(), writer=writer)
+        store._open()
+        return store
+
+    def _open(self) -> None:
+        if self.writer:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.wal_dir.mkdir(exist_ok=True)
+            self._lock_fd = os.open(self.data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                raise StoreError(
+                    f"{self.data_dir}: another roost hub is writing this store (LOCK is held): "
+                    "stop it, or give this one another --data directory"
+                ) from None
+        elif not self.db_path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = _connect(self.db_path)
+            self._init_schema(self.conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.db_path}: cannot open the store ({exc})") from None
+        self._load_series()
+        if self.writer:
+            self._recover_wal()
+
+    @staticmethod
+    def _init_schema(conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        if self._segment:
+            self._segment.close()
+            self._segment = None
+        self.conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- series
+
+    def _load_series(self) -> None:
+        for sid, key, metric, labels, last_ts, last_value in self.conn.execute(
+            "SELECT id, key, metric, labels, last_ts, last_value FROM series WHERE id > ?",
+            (max(self._series_by_id, default=0),),
+        ):
+            self._series_by_key[key] = sid
+            self._series_by_id[sid] = Series(metric, tuple(tuple(p) for p in json.loads(labels)))
+            if last_ts is not None and (sid not in self._latest or self._latest[sid][0] < last_ts):
+                self._latest[sid] = (last_ts, last_value)
+
+    def series_id(self, series: Series, *, create: bool = True) -> int | None:
+        """The id of a series, registering it if new; None when the cardinality cap refuses it."""
+        key = _series_key(series)
+        sid = self._series_by_key.get(key)
+        if sid is not None or not create:
+            return sid
+        self._load_series()  # another process may have registered it
+        sid = self._series_by_key.get(key)
+        if sid is not None:
+            return sid
+        if len(self._series_by_key) >= self.options.max_series:
+            return None
+        try:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO series (key, metric, labels) VALUES (?, ?, ?)",
+                (key, series.metric, json.dumps(series.labels)),
+            )
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from None
+        self._load_series()
+        return self._series_by_key[key]
+
+    def series(self, selector: Selector | None = None) -> list[tuple[int, Series]]:
+        self._load_series()
+        return [(sid, s) for sid, s in sorted(self._series_by_id.items()) if selector is None or selector.matches(s)]
+
+    @property
+    def series_count(self) -> int:
+        return len(self._series_by_id)
+
+    # ----------------------------------------------------------------- streaming writes (hub)
+
+    def write(self, readings: Iterable[Reading]) -> WriteResult:
+        """Append readings to the WAL (durable against a crash on return; call `sync()` for power cuts)."""
+        if not self.writer:
+            raise StoreError("this store was opened read-only; only the hub streams readings into it")
+        result = WriteResult()
+        batch = []
+        for r in readings:
+            if not np.isfinite(r.value):
+                self._reject(result, "nan" if np.isnan(r.value) else "inf")
+                continue
+            sid = self.series_id(r.series)
+            if sid is None:
+                self._reject(result, "cardinality_limit")
+                self._log_cardinality(r.series)
+                continue
+            batch.append((sid, r.ts_ms, r.value))
+        if not batch:
+            return result
+        records = np.array(batch, dtype=wal.RECORD)
+        self._append_wal(records)
+        for sid, ts_ms, value in batch:
+            self._head_add(sid, ts_ms, value)
+        result.accepted = len(batch)
+        return result
+
+    def write_records(self, records: np.ndarray) -> None:
+        """Append already-validated `wal.RECORD` records (series ids from `series_id`)."""
+        self._append_wal(records)
+        for sid, ts_ms, value in records.tolist():
+            self._head_add(sid, ts_ms, value)
+
+    def _append_wal(self, records: np.ndarray) -> None:
+        if self._segment is None:
+            raise StoreError("the store is closed")
+        try:
+            self._segment.append(records)
+        except OSError as exc:
+            if exc.errno == 28:
+                raise StoreFullError(
+                    f"{self.data_dir}: the disk is full, readings cannot be stored (free space; writing resumes by itself)"
+                ) from None
+            raise StoreError(f"{self._segment.path}: cannot append to the write-ahead log: {exc}") from None
+
+    def sync(self) -> None:
+        """Make everything written so far survive a power cut (fdatasync of the WAL), if configured to."""
+        if self._segment is not None and self.options.fsync:
+            os.fdatasync(self._segment._fd)
+
+    def _head_add(self, sid: int, ts_ms: int, value: float) -> None:
+        hs = self._head.get(sid)
+        if hs is None:
+            hs = self._head[sid] = _HeadSeries()
+        hs.add(ts_ms, value)
+        self.head_samples += 1
+        latest = self._latest.get(sid)
+        if latest is None or ts_ms >= latest[0]:
+            self._latest[sid] = (ts_ms, value)
+
+    def _reject(self, result: WriteResult, reason: str) -> None:
+        result.rejected[reason] = result.rejected.get(reason, 0) + 1
+        self.rejected[reason] += 1
+
+    _cardinality_logged = 0.0
+
+    def _log_cardinality(self, series: Series) -> None:
+        if time.monotonic() - self._cardinality_logged > 60:
+            self._cardinality_logged = time.monotonic()
+            log.error(
+                "refusing new series %s: the store already holds %d series (store.max_series); "
+                "existing series keep being stored — raise the cap or drop the source of new label values",
+                series, self.options.max_series,
+            )
+
+    def _recover_wal(self) -> None:
+        compacted = self._compacted_seq(self.conn)
+        seqs = wal.list_segments(self.wal_dir)
+        for seq in seqs:
+            path = wal.segment_path(self.wal_dir, seq)
+            if seq <= compacted:
+                path.unlink(missing_ok=True)
+                continue
+            records, good = wal.read_segment(path)
+            if good != path.stat().st_size:
+                log.warning("%s: cut a torn batch at byte %d (left by a crash; nothing acknowledged was in it)", path, good)
+                os.truncate(path, good)
+            for sid, ts_ms, value in records.tolist():
+                self._head_add(sid, ts_ms, value)
+        self._segment = wal.SegmentWriter(self.wal_dir, max([compacted, *seqs]) + 1, fsync=False)
+
+    @staticmethod
+    def _compacted_seq(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'wal_compacted'").fetchone()
+        return int(row[0]) if row else 0
+
+    # ----------------------------------------------------------------- compaction (hub)
+
+    def freeze_head(self) -> int:
+        """Start a new WAL segment and set the current head aside for `compact_frozen`; returns samples frozen."""
+        if not self.writer or self._segment is None or self._frozen:
+            return 0
+        old = self._segment
+        self._segment = wal.SegmentWriter(self.wal_dir, old.seq + 1, fsync=False)
+        old.close()
+        self._frozen, self._head = self._head, {}
+        self._frozen_seq = old.seq
+        n, self.head_samples = self.head_samples, 0
+        return n
+
+    def compact_frozen(self, now: int | None = None) -> int:
+        """Move the frozen head into chunks (safe to run in a worker thread); returns samples compacted."""
+        frozen = self._frozen
+        if not frozen:
+            return 0
+        with self._compact_lock:
+            conn = _connect(self.db_path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                n = 0
+                for sid, hs in frozen.items():
+                    ts, values = self._head_arrays(hs)
+                    self._merge_into_chunks(conn, sid, ts, values, now=now)
+                    n += len(ts)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('wal_compacted', ?)", (str(self._frozen_seq),)
+                )
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                conn.execute("ROLLBACK") if conn.in_transaction else None
+                raise self._write_error(exc) from None
+            finally:
+                conn.close()
+        return n
+
+    def finish_compaction(self, ok: bool) -> None:
+        """Drop the frozen head after a committed compaction, or put it back in front of the head after a failure."""
+        if not self._frozen:
+            return
+        if ok:
+            for seq in wal.list_segments(self.wal_dir):
+                if seq <= self._frozen_seq:
+                    wal.segment_path(self.wal_dir, seq).unlink(missing_ok=True)
+        else:
+            for sid, hs in self._head.items():
+                old = self._frozen.setdefault(sid, _HeadSeries())
+                for ts_ms, value in zip(hs.ts, hs.values):
+                    old.add(ts_ms, value)
+            self._head = self._frozen
+            self.head_samples = sum(len(h.ts) for h in self._head.values())
+        self._frozen = {}
+
+    def compact(self, now: int | None = None) -> int:
+        """Freeze, compact and finish in one call (tools and tests; the hub runs the middle step in a thread)."""
+        self.freeze_head()
+        try:
+            n = self.compact_frozen(now)
+        except Exception:
+            self.finish_compaction(False)
+            raise
+        self.finish_compaction(True)
+        return n
+
+    def _write_error(self, exc: sqlite3.OperationalError) -> StoreError:
+        if "full" in str(exc):
+            return StoreFullError(
+                f"{self.db_path}: the disk is full, compaction and imports wait (free space; nothing stored is lost)"
+            )
+        return StoreError(f"{self.db_path}: write failed: {exc}")
+
+    @staticmethod
+    def _head_arrays(hs: _HeadSeries) -> tuple[np.ndarray, np.ndarray]:
+        ts = np.array(hs.ts, dtype=np.int64)
+        values = np.array(hs.values, dtype=np.float64)
+        if hs.ordered:
+            return ts, values
+        return merge_samples([(ts, values)])
+
+    def _merge_into_chunks(
+        self, conn: sqlite3.Connection, sid: int, ts: np.ndarray, values: np.ndarray, *, now: int | None = None
+    ) -> None:
+        """Merge sorted unique samples of one series into its day chunks (new samples win) and roll up whole days."""
+        if not len(ts):
+            return
+        today = (now if now is not None else now_ms()) // DAY_MS
+        days = ts // DAY_MS
+        cuts = np.flatnonzero(days[1:] != days[:-1]) + 1
+        starts, ends = np.concatenate(([0], cuts)), np.append(cuts, len(ts))
+        ids = [_row_id(int(days[s]), sid) for s in starts]
+        existing = dict(self._fetch(conn, "chunks", ids))
+        finished: dict[int, Rows] = {}
+        last = None
+        for row_id, s, e in zip(ids, starts, ends):
+            day_ts, day_values = ts[s:e], values[s:e]
+            if row_id in existing:
+                day_ts, day_values = merge_samples([decode_chunk(existing[row_id]), (day_ts, day_values)])
+            conn.execute(
+                "INSERT OR REPLACE INTO chunks (id, n, data) VALUES (?, ?, ?)",
+                (row_id, len(day_ts), encode_chunk(day_ts, day_values)),
+            )
+            day = row_id >> _SID_BITS
+            if day < today:
+                finished[day] = rollup_samples(day_ts, day_values, HOUR_MS)
+            last = (int(day_ts[-1]), float(day_values[-1]))
+        if finished:
+            self._update_hourly(conn, sid, finished)
+        conn.execute(
+            "UPDATE series SET last_ts = ?, last_value = ? WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)",
+            (last[0], last[1], sid, last[0]),
+        )
+
+    def _update_hourly(self, conn: sqlite3.Connection, sid: int, days: dict[int, Rows]) -> None:
+        by_block: dict[int, dict[int, Rows]] = defaultdict(dict)
+        for day, rows in days.items():
+            by_block[day // BLOCK_DAYS][day] = rows
+        ids = [_row_id(b, sid) for b in by_block]
+        existing = dict(self._fetch(conn, "rollup_1h", ids))
+        for block, new_days in by_block.items():
+            row_id = _row_id(block, sid)
+            if row_id in existing:
+                rows, mask = decode_rows(existing[row_id])
+                keep = ~np.isin(rows.ts // DAY_MS, list(new_days))
+                parts = [Rows(*(getattr(rows, f)[keep] for f in ("ts", *Rows.FIELDS)))]
+            else:
+                parts, mask = [], 0
+            parts += list(new_days.values())
+            for day in new_days:
+                mask |= 1 << (day % BLOCK_DAYS)
+            merged = Rows.concat(parts)
+            order = np.argsort(merged.ts, kind="stable")
+            merged = Rows(*(getattr(merged, f)[order] for f in ("ts", *Rows.FIELDS)))
+            conn.execute(
+                "INSERT OR REPLACE INTO rollup_1h (id, data) VALUES (?, ?)", (row_id, encode_rows(merged, mask))
+            )
+
+    @staticmethod
+    def _fetch(conn: sqlite3.Connection, table: str, ids: list[int]) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            out += conn.execute(
+                f"SELECT id, data FROM {table} WHERE id IN ({','.join('?' * len(part))})", part
+            ).fetchall()
+        return out
+
+    # ----------------------------------------------------------------- bulk writes (import, backfill)
+
+    def write_bulk(self, series: Series, ts: np.ndarray, values: np.ndarray, *, now: int | None = None) -> int:
+        """Write many samples of one series straight into chunks; returns samples written (cap may refuse)."""
+        ok = np.isfinite(values)
+        if not ok.all():
+            bad = values[~ok]
+            self.rejected["nan"] += int(np.isnan(bad).sum())
+            self.rejected["inf"] += int(np.isinf(bad).sum())
+            ts, values = ts[ok], values[ok]
+        sid = self.series_id(series)
+        if sid is None:
+            self.rejected["cardinality_limit"] += len(ts)
+            self._log_cardinality(series)
+            return 0
+        ts, values = merge_samples([(np.asarray(ts, np.int64), np.asarray(values, np.float64))])
+        with self._compact_lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._merge_into_chunks(self.conn, sid, ts, values, now=now)
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise self._write_error(exc) from None
+        if len(ts):
+            latest = self._latest.get(sid)
+            if latest is None or ts[-1] >= latest[0]:
+                self._latest[sid] = (int(ts[-1]), float(values[-1]))
+        return len(ts)
+
+    # ----------------------------------------------------------------- retention
+
+    def apply_retention(self, now: int | None = None) -> dict[str, int]:
+        """Delete what `keep` rules expire and turn raw days older than `raw` into 5-minute rollups."""
+        now = now if now is not None else now_ms()
+        stats = {"chunks_deleted": 0, "chunks_downsampled": 0}
+        if not self.options.retention:
+            return stats
+        with self._compact_lock:
+            conn = _connect(self.db_path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for sid, series in self.series():
+                    rule = next((r for r in self.options.retention if r.selector.matches(series)), None)
+                    if rule is None:
+                        continue
+                    if rule.keep_ms is not None:
+                        stats["chunks_deleted"] += self._expire(conn, sid, (now - rule.keep_ms) // DAY_MS)
+                    if rule.raw_ms is not None:
+                        stats["chunks_downsampled"] += self._downsample(conn, sid, (now - rule.raw_ms) // DAY_MS)
+                conn.execute("COMMIT")
+                conn.execute("PRAGMA incremental_vacuum")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._write_error(exc) from None
+            finally:
+                conn.close()
+        return stats
+
+    @staticmethod
+    def _expire(conn: sqlite3.Connection, sid: int, before_day: int) -> int:
+        cur = conn.execute(
+            "DELETE FROM chunks WHERE id < ? AND (id & ?) = ?", (_row_id(before_day, 0), _SID_MASK, sid)
+        )
+        conn.execute("DELETE FROM rollup_5m WHERE id < ? AND (id & ?) = ?", (_row_id(before_day, 0), _SID_MASK, sid))
+        conn.execute(
+            "DELETE FROM rollup_1h WHERE id < ? AND (id & ?) = ?",
+            (_row_id(before_day // BLOCK_DAYS, 0), _SID_MASK, sid),
+        )
+        return cur.rowcount
+
+    @staticmethod
+    def _downsample(conn: sqlite3.Connection, sid: int, before_day: int) -> int:
+        rows = conn.execute(
+            "SELECT id, data FROM chunks WHERE id < ? AND (id & ?) = ?", (_row_id(before_day, 0), _SID_MASK, sid)
+        ).fetchall()
+        for row_id, blob in rows:
+            ts, values = decode_chunk(blob)
+            conn.execute(
+                "INSERT OR REPLACE INTO rollup_5m (id, data) VALUES (?, ?)",
+                (row_id, encode_rows(rollup_samples(ts, values, FIVE_MINUTES_MS))),
+            )
+            conn.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
+        return len(rows)
+
+    # ----------------------------------------------------------------- reads
+
+    def _reader_head(self) -> tuple[dict[int, list[tuple[np.ndarray, np.ndarray]]], sqlite3.Connection]:
+        """Head samples by series id, oldest write first, consistent with the open read transaction."""
+        heads: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        if self.writer:
+            for source in (self._frozen, self._head):
+                for sid, hs in source.items():
+                    heads[sid].append(self._head_arrays(hs))
+            return heads, self.conn
+        for _attempt in range(5):
+            self.conn.execute("BEGIN")
+            compacted = self._compacted_seq(self.conn)
+            try:
+                parts = [
+                    wal.read_segment(wal.segment_path(self.wal_dir, s))[0]
+                    for s in wal.list_segments(self.wal_dir)
+                    if s > compacted
+                ]
+            except FileNotFoundError:  # compacted and deleted while we looked: take a newer snapshot
+                self.conn.execute("COMMIT")
+                continue
+            records = np.concatenate(parts) if parts else np.empty(0, wal.RECORD)
+            order = np.argsort(records["sid"], kind="stable")
+            records = records[order]
+            sids, starts = np.unique(records["sid"], return_index=True)
+            for sid, s, e in zip(sids.tolist(), starts, np.append(starts[1:], len(records))):
+                heads[sid].append((records["ts"][s:e], records["value"][s:e]))
+            return heads, self.conn
+        raise StoreError(f"{self.wal_dir}: the write-ahead log kept changing under this reader; try again")
+
+    def _end_read(self) -> None:
+        if not self.writer and self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+
+    def read(self, selector: Selector, start_ms: int, end_ms: int) -> Iterator[SeriesData]:
+        """Raw samples with start_ms <= ts < end_ms of every matching series (5-minute `last` where raw was dropped)."""
+        heads, conn = self._reader_head()
+        try:
+            for sid, series in self.series(selector):
+                ts, values = self._samples(conn, sid, start_ms, end_ms, heads.get(sid, []))
+                if len(ts):
+                    yield SeriesData(series, ts, values)
+        finally:
+            self._end_read()
+
+    def query(self, selector: Selector, start_ms: int, end_ms: int, step_ms: int, agg: str = "mean") -> list[SeriesData]:
+        """Aggregate every matching series into buckets of `step_ms` aligned to the epoch.
+
+        The bucket holding `start_ms` and the one holding `end_ms` are included whole, so answers do not depend
+        on where a range starts inside a bucket, and hourly rollups give exactly what raw samples would.
+        """
+        if agg not in AGGREGATIONS:
+            raise StoreError(f"unknown aggregation {agg!r}: use one of {', '.join(AGGREGATIONS)}")
+        if step_ms <= 0:
+            raise StoreError("step must be positive")
+        lo = start_ms - start_ms % step_ms
+        hi = end_ms - end_ms % step_ms + step_ms
+        heads, conn = self._reader_head()
+        out = []
+        try:
+            for sid, series in self.series(selector):
+                rows = self._rows(conn, sid, lo, hi, step_ms, heads.get(sid, []))
+                if len(rows):
+                    buckets = combine(rows, step_ms)
+                    out.append(SeriesData(series, buckets.ts, buckets.value(agg)))
+        finally:
+            self._end_read()
+        return out
+
+    def _days(self, conn, lo: int, hi: int, head) -> range:
+        """Days of [lo, hi) that can hold data: clamped to what the chunks, 5-minute rollups and head span."""
+        first, last = lo // DAY_MS, (hi - 1) // DAY_MS
+        bounds = [
+            (a >> _SID_BITS, b >> _SID_BITS)
+            for table in ("chunks", "rollup_5m")
+            for a, b in [conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()]
+            if a is not None
+        ]
+        bounds += [(int(t.min()) // DAY_MS, int(t.max()) // DAY_MS) for t, _v in head if len(t)]
+        if not bounds:
+            return range(0)
+        return range(max(first, min(b[0] for b in bounds)), min(last, max(b[1] for b in bounds)) + 1)
+
+    def _rows(self, conn, sid: int, lo: int, hi: int, step_ms: int, head) -> Rows:
+        head_parts = [(t, v) for t, v in head if len(t)]
+        days = self._days(conn, lo, hi, head_parts)
+        head_days = set()
+        for t, _v in head_parts:
+            head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
+        rolled: dict[int, Rows] = {}
+        if step_ms % HOUR_MS == 0:
+            blocks = sorted({d // BLOCK_DAYS for d in days})
+            for rid, blob in self._fetch(conn, "rollup_1h", [_row_id(b, sid) for b in blocks]):
+                rows, mask = decode_rows(blob)
+                block = rid >> _SID_BITS
+                covered = [block * BLOCK_DAYS + i for i in range(BLOCK_DAYS) if mask >> i & 1]
+                covered = [d for d in covered if d in days and d not in head_days]
+                if covered:
+                    day_of_row = rows.ts // DAY_MS
+                    for d in covered:
+                        sel = day_of_row == d
+                        rolled[d] = Rows(*(getattr(rows, f)[sel] for f in ("ts", *Rows.FIELDS)))
+        need = [d for d in days if d not in rolled]
+        parts = list(rolled.values())
+        if need:
+            ts, values = self._samples(conn, sid, lo, hi, head_parts, days=need, rows_out=parts, step_ms=step_ms)
+            parts.append(Rows.from_samples(ts, values))
+        rows = Rows.concat(parts)
+        if len(parts) > 1:
+            order = np.argsort(rows.ts, kind="stable")
+            rows = Rows(*(getattr(rows, f)[order] for f in ("ts", *Rows.FIELDS)))
+        return rows.between(lo, hi)
+
+    def _samples(
+        self, conn, sid: int, lo: int, hi: int, head, *, days=None, rows_out: list[Rows] | None = None, step_ms: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if days is None:
+            days = self._days(conn, lo, hi, head)
+        ids = [_row_id(d, sid) for d in days]
+        chunks = sorted(self._fetch(conn, "chunks", ids))
+        parts = [decode_chunk(blob) for _id, blob in chunks]
+        have = {i for i, _b in chunks}
+        missing = [i for i in ids if i not in have]
+        if missing:
+            for _id, blob in sorted(self._fetch(conn, "rollup_5m", missing)):
+                rows, _mask = decode_rows(blob)
+                if rows_out is not None and step_ms % FIVE_MINUTES_MS == 0:
+                    rows_out.append(rows)
+                else:  # finer than the rollups: the best left is one sample per 5 minutes
+                    parts.append((rows.ts + FIVE_MINUTES_MS - 1, rows.last))
+        day_set = set(days)
+        for t, v in head:
+            sel = (t >= lo) & (t < hi)
+            if days is not None:
+                sel &= np.isin(t // DAY_MS, list(day_set))
+            parts.append((t[sel], v[sel]))
+        ts, values = merge_samples(parts)
+        lo_i, hi_i = np.searchsorted(ts, [lo, hi])
+        return ts[lo_i:hi_i], values[lo_i:hi_i]
+
+    def latest(self) -> dict[Series, tuple[int, float]]:
+        """The newest sample of every series."""
+        if not self.writer:
+            heads, _conn = self._reader_head()
+            self._end_read()
+            self._load_series()
+            for sid, parts in heads.items():
+                for t, v in parts:
+                    if len(t):
+                        i = int(np.argmax(t))
+                        if sid not in self._latest or t[i] >= self._latest[sid][0]:
+                            self._latest[sid] = (int(t[i]), float(v[i]))
+        return {self._series_by_id[sid]: tv for sid, tv in self._latest.items() if sid in self._series_by_id}
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file())
+
+    def checkpoint(self) -> None:
+        """Fold SQLite's WAL into the database file and return free pages (before measuring or snapshotting)."""
+        self.conn.execute("PRAGMA incremental_vacuum")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

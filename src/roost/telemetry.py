@@ -1,0 +1,47 @@
+"""roost's own health as Prometheus metrics, and the rate-limited log of rejected input."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+log = logging.getLogger("roost")
+
+_REJECT_LOG_INTERVAL_S = 60.0
+
+
+class SelfMetrics:
+    """Counters and gauges of one hub, in a registry of its own (so tests can run several hubs)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.readings = Counter("roost_readings", "Readings stored.", registry=r)
+        self.rejected = Counter(
+            "roost_rejected_readings", "Readings refused at the boundary, by reason.", ["reason"], registry=r
+        )
+        self.bus_dropped = Counter(
+            "roost_bus_dropped", "Items dropped from a slow bus subscriber's full queue.", ["subscriber"], registry=r
+        )
+        self.store_errors = Counter("roost_store_write_errors", "Failed store writes, by reason.", ["reason"], registry=r)
+        self.series = Gauge("roost_store_series", "Series in the store.", registry=r)
+        self.head_samples = Gauge("roost_store_head_samples", "Samples not yet compacted into chunks.", registry=r)
+        self.buffered = Gauge(
+            "roost_store_buffered_readings", "Readings waiting in memory for the store (disk full).", registry=r
+        )
+        self.disk_bytes = Gauge("roost_store_disk_bytes", "Bytes of the data directory on disk.", registry=r)
+        self.compactions = Counter("roost_store_compactions", "Compactions of recent data into chunks.", registry=r)
+        self._last_logged: dict[tuple[str, str], float] = {}
+
+    def reject(self, reason: str, series: str, message: str, count: int = 1) -> None:
+        """Count a rejected reading and log it, at most once per series and reason per minute."""
+        self.rejected.labels(reason=reason).inc(count)
+        key = (series, reason)
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -_REJECT_LOG_INTERVAL_S) >= _REJECT_LOG_INTERVAL_S:
+            self._last_logged[key] = now
+            if len(self._last_logged) > 50_000:
+                self._last_logged.clear()
+            log.warning("rejected reading (%s): %s", reason, message)

@@ -1,0 +1,216 @@
+"""The embedded store: durability, compaction, rollups, late data, retention, concurrent readers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from roost.errors import StoreError
+from roost.model import Reading, Series
+from roost.selector import Selector
+from roost.store import DAY_MS, RetentionRule, Store, StoreOptions
+from roost.store.wal import segment_path
+
+T0 = 1_700_006_400_000  # 2023-11-15T00:00:00Z, a day boundary
+LOUNGE = Series.of("temperature_celsius", room="lounge")
+BEDROOM = Series.of("temperature_celsius", room="bedroom")
+ALL_TEMPS = Selector.parse("temperature_celsius")
+
+
+def _raw(store: Store, series: Series, start: int = 0, end: int = 2**62) -> tuple[list[int], list[float]]:
+    sel = Selector.parse(str(series))
+    found = list(store.read(sel, start, end))
+    if not found:
+        return [], []
+    return found[0].ts.tolist(), found[0].values.tolist()
+
+
+def _reference_buckets(ts: np.ndarray, values: np.ndarray, step: int, agg: str) -> dict[int, float]:
+    out: dict[int, list[float]] = {}
+    for t, v in zip(ts.tolist(), values.tolist()):
+        out.setdefault(t - t % step, []).append(v)
+    fn = {"mean": np.mean, "min": min, "max": max, "sum": sum, "count": len, "last": lambda xs: xs[-1]}[agg]
+    return {k: float(fn(v)) for k, v in out.items()}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "data", writer=True)
+    yield s
+    s.close()
+
+
+def test_readings_are_readable_before_and_after_compaction(store):
+    readings = [Reading(LOUNGE, T0 + i * 15_000, 20 + i / 100) for i in range(100)]
+    assert store.write(readings).accepted == 100
+    before = _raw(store, LOUNGE)
+    assert before[0] == [r.ts_ms for r in readings]
+    store.compact(now=T0 + 2 * DAY_MS)
+    assert store.head_samples == 0
+    assert _raw(store, LOUNGE) == before
+
+
+def test_duplicate_timestamp_keeps_the_last_value_also_in_compacted_days(store):
+    store.write([Reading(LOUNGE, T0, 1.0), Reading(LOUNGE, T0, 2.0)])
+    assert _raw(store, LOUNGE) == ([T0], [2.0])
+    store.compact(now=T0 + 2 * DAY_MS)
+    store.write([Reading(LOUNGE, T0, 3.0)])
+    assert _raw(store, LOUNGE) == ([T0], [3.0])
+    store.compact(now=T0 + 2 * DAY_MS)
+    assert _raw(store, LOUNGE) == ([T0], [3.0])
+
+
+def test_late_and_out_of_order_samples_land_in_already_compacted_days(store):
+    store.write([Reading(LOUNGE, T0 + i * 60_000, float(i)) for i in range(0, 100, 2)])
+    store.compact(now=T0 + 5 * DAY_MS)
+    store.write([Reading(LOUNGE, T0 + i * 60_000, float(i)) for i in range(99, 0, -2)])  # odd minutes, reversed
+    ts, values = _raw(store, LOUNGE)
+    assert ts == [T0 + i * 60_000 for i in range(100)] and values == [float(i) for i in range(100)]
+    store.compact(now=T0 + 5 * DAY_MS)
+    assert _raw(store, LOUNGE) == (ts, values)
+
+
+@pytest.mark.parametrize("agg", ["mean", "min", "max", "last", "sum", "count"])
+@pytest.mark.parametrize("step", [600_000, 3_600_000, 3 * 3_600_000, DAY_MS])
+def test_bucketed_queries_match_a_reference_whether_from_rollups_or_raw(tmp_path, agg, step):
+    rng = np.random.default_rng(3)
+    ts = T0 + np.cumsum(rng.integers(5_000, 30_000, 40_000))  # irregular, about 9 days
+    values = np.round(20 + rng.normal(0, 2, len(ts)), 2)
+    with Store.open(tmp_path / "d", writer=True) as s:
+        s.write_bulk(LOUNGE, ts, values, now=int(ts[-1]) + DAY_MS)  # all days finished: hourly rollups exist
+        s.write([Reading(LOUNGE, int(ts[-1]) + 1000, 99.0)])  # plus a head sample
+        start, end = int(ts[100]), int(ts[-1]) + 1000
+        got = s.query(Selector.parse(str(LOUNGE)), start, end, step, agg)[0]
+    lo, hi = start - start % step, end - end % step + step
+    sel = (ts >= lo) & (ts < hi)
+    want = _reference_buckets(np.append(ts[sel], end), np.append(values[sel], 99.0), step, agg)
+    assert got.ts.tolist() == sorted(want)
+    assert np.allclose(got.values, [want[k] for k in sorted(want)], rtol=1e-12, atol=1e-9)
+
+
+def test_hourly_rollups_are_used_for_coarse_steps(store, monkeypatch):
+    ts = T0 + np.arange(0, 3 * DAY_MS, 15_000)
+    store.write_bulk(LOUNGE, ts, np.full(len(ts), 21.5), now=T0 + 10 * DAY_MS)
+    decoded = []
+    import roost.store.engine as engine
+
+    real = engine.decode_chunk
+    monkeypatch.setattr(engine, "decode_chunk", lambda blob: decoded.append(1) or real(blob))
+    res = store.query(ALL_TEMPS, T0, T0 + 3 * DAY_MS - 1, DAY_MS, "mean")[0]
+    assert res.values.tolist() == [21.5, 21.5, 21.5]
+    assert decoded == []  # no raw chunk was touched
+    store.query(ALL_TEMPS, T0, T0 + 3 * DAY_MS - 1, 600_000, "mean")
+    assert len(decoded) == 3  # a fine step reads the raw day chunks
+
+
+def test_nan_inf_and_the_cardinality_cap_are_rejected_and_counted(tmp_path):
+    with Store.open(tmp_path / "d", StoreOptions(max_series=2), writer=True) as s:
+        result = s.write(
+            [
+                Reading(LOUNGE, T0, float("nan")),
+                Reading(LOUNGE, T0 + 1, float("inf")),
+                Reading(LOUNGE, T0 + 2, 1.0),
+                Reading(BEDROOM, T0, 2.0),
+                Reading(Series.of("temperature_celsius", room="attic"), T0, 3.0),
+            ]
+        )
+        assert result.accepted == 2
+        assert result.rejected == {"nan": 1, "inf": 1, "cardinality_limit": 1}
+        assert [str(s) for _i, s in s.series()] == [str(LOUNGE), str(BEDROOM)]
+
+
+def test_a_second_hub_on_the_same_store_is_refused(store, tmp_path):
+    with pytest.raises(StoreError, match="another roost hub"):
+        Store.open(tmp_path / "data", writer=True)
+
+
+def test_a_reader_process_sees_the_hubs_uncompacted_and_compacted_data(store, tmp_path):
+    store.write([Reading(LOUNGE, T0 + i, float(i)) for i in range(10)])
+    store.sync()
+    with Store.open(tmp_path / "data") as reader:
+        assert _raw(reader, LOUNGE)[1] == [float(i) for i in range(10)]
+        store.compact(now=T0 + DAY_MS)
+        store.write([Reading(LOUNGE, T0 + 10, 10.0)])
+        assert _raw(reader, LOUNGE)[1] == [float(i) for i in range(11)]
+        assert reader.latest()[LOUNGE] == (T0 + 10, 10.0)
+
+
+def test_a_torn_batch_at_the_tail_of_the_wal_is_cut_and_the_rest_kept(tmp_path):
+    with Store.open(tmp_path / "d", writer=True) as s:
+        s.write([Reading(LOUNGE, T0, 1.0)])
+        seg = s._segment.path
+    with open(seg, "ab") as f:
+        f.write(b"\x40\x00\x00\x00garbage")  # a batch header promising 64 bytes, then a crash
+    with Store.open(tmp_path / "d", writer=True) as s:
+        assert _raw(s, LOUNGE) == ([T0], [1.0])
+        s.write([Reading(LOUNGE, T0 + 1, 2.0)])
+    with Store.open(tmp_path / "d", writer=True) as s:
+        assert _raw(s, LOUNGE) == ([T0, T0 + 1], [1.0, 2.0])
+
+
+def test_retention_deletes_old_days_and_downsamples_to_five_minute_rollups(tmp_path):
+    ts = T0 + np.arange(0, 10 * DAY_MS, 15_000)
+    values = np.round(np.sin(np.arange(len(ts)) / 500) * 5 + 20, 2)
+    rules = (
+        RetentionRule(Selector.parse('temperature_celsius{room="bedroom"}'), keep_ms=3 * DAY_MS),
+        RetentionRule(ALL_TEMPS, raw_ms=5 * DAY_MS),
+    )
+    now = T0 + 10 * DAY_MS
+    with Store.open(tmp_path / "d", StoreOptions(retention=rules), writer=True) as s:
+        s.write_bulk(LOUNGE, ts, values, now=now)
+        s.write_bulk(BEDROOM, ts, values, now=now)
+        before = s.query(Selector.parse(str(LOUNGE)), T0, now - 1, 600_000, "mean")[0]
+        stats = s.apply_retention(now=now)
+        assert stats == {"chunks_deleted": 7, "chunks_downsampled": 5}
+        bedroom_ts, _ = _raw(s, BEDROOM)
+        assert min(bedroom_ts) >= now - 3 * DAY_MS
+        after = s.query(Selector.parse(str(LOUNGE)), T0, now - 1, 600_000, "mean")[0]
+        assert after.ts.tolist() == before.ts.tolist()
+        assert np.allclose(after.values, before.values)  # 10-minute means survive on 5-minute rollups
+        lounge_ts, _ = _raw(s, LOUNGE)
+        assert np.diff(lounge_ts[: 10]).tolist() == [300_000] * 9  # raw is gone: one point per 5 minutes
+
+
+_CRASH_WRITER = textwrap.dedent(
+    """
+    import sys
+    from roost.model import Reading, Series
+    from roost.store import Store
+    s = Store.open(sys.argv[1], writer=True)
+    series = [Series.of("power_watts", meter=f"m{i}") for i in range(5)]
+    i = 0
+    while True:
+        s.write([Reading(se, 1_700_000_000_000 + i * 1000, float(i)) for se in series])
+        s.sync()
+        print(i, flush=True)  # acknowledged
+        i += 1
+        if i % 500 == 0:
+            s.compact(now=1_700_000_000_000)
+    """
+)
+
+
+def test_every_acknowledged_reading_survives_kill_9(tmp_path):
+    data = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH_WRITER, str(data)], stdout=subprocess.PIPE, text=True)
+    acked = -1
+    deadline = time.monotonic() + 60
+    while acked < 1300 and time.monotonic() < deadline:
+        acked = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    acked_more = [int(line) for line in proc.stdout.read().split()]  # acknowledged before the kill, still buffered
+    acked = max([acked, *acked_more])
+    assert acked >= 1300
+    with Store.open(data, writer=True) as s:
+        for i in range(5):
+            ts, values = _raw(s, Series.of("power_watts", meter=f"m{i}"))
+            assert values[: acked + 1] == [float(k) for k in range(acked + 1)]
+    assert not segment_path(data / "wal", 0).exists()

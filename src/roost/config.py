@@ -31,41 +31,16 @@ import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, NewType, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import promql_parser
 
-from roost.durations import format_duration_ms, parse_duration_ms
+from roost.durations import Duration, format_duration_ms, parse_duration_ms
+from roost.secret import Secret
+from roost.sources import SourceSettings
 from roost.errors import ConfigError
 
 __all__ = ["Duration", "HubSettings", "RetentionRule", "Secret", "Settings", "StoreSettings", "load_config"]
-
-Duration = NewType("Duration", int)
-"""A length of time in milliseconds; the file spells it as text like "15s"."""
-
-
-class Secret:
-    """A password or token: shown as `Secret('***')` everywhere, `reveal()` gives the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
 
 # ---------------------------------------------------------------- the schema
 
@@ -143,6 +118,7 @@ class Settings:
 
     hub: HubSettings = field(default_factory=HubSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    source: SourceSettings = field(default_factory=SourceSettings)
     source_file: Path | None = field(default=None, metadata={"toml": False})
 
 

@@ -1,6 +1,10 @@
 """Durations as people write them in configs and on the command line: 500ms, 15s, 5m, 1h, 1d, 2w, 1y."""
 
 import re
+from typing import NewType
+
+Duration = NewType("Duration", int)
+"""A length of time in milliseconds; config files spell it as text like "15s"."""
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000, "y": 365 * 86_400_000}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")

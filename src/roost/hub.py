@@ -31,6 +31,11 @@ from roost.telemetry import SelfMetrics
 log = logging.getLogger("roost.hub")
 
 _FULL_RETRY_S = 5.0
+_REASONS = {
+    "nan": "value is NaN",
+    "inf": "value is infinite",
+    "cardinality_limit": "new series refused: store.max_series reached",
+}
 _RETENTION_EVERY_S = 3600.0
 
 
@@ -92,7 +97,17 @@ class Hub:
         await self._tasks.__aenter__()
         self._tasks.create_task(self._writer(), name="store-writer")
         self._tasks.create_task(self._maintenance(), name="store-maintenance")
+        self._start_sources()
         return self
+
+    def _start_sources(self) -> None:
+        from roost.sources import SourceContext, source_class, supervise
+
+        for kind, name, source_settings in self.settings.source.configured():
+            ctx = SourceContext(name, self.metrics, self.submit)
+            cls = source_class(kind)
+            self.spawn(supervise(lambda cls=cls, s=source_settings, ctx=ctx: cls(s, ctx), ctx), f"source-{name}")
+            log.info("source %s (%s) started", name, kind)
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping.set()
@@ -182,10 +197,11 @@ class Hub:
 
     def _account(self, readings: list[Reading], result: WriteResult) -> None:
         self.metrics.readings.inc(result.accepted)
-        for reason, count in result.rejected.items():
-            self.metrics.reject(reason, "store", f"{count} reading(s) refused by the store", count)
-        if result.rejected:
-            readings = [r for r in readings if r.value == r.value and abs(r.value) != float("inf")]
+        for reason, reading in result.refused:
+            self.metrics.reject(reason, str(reading.series), f"{reading.series}: {_REASONS.get(reason, reason)}")
+        if result.refused:
+            refused = {id(r) for _reason, r in result.refused}
+            readings = [r for r in readings if id(r) not in refused]
         self.bus.publish_many(readings)
 
     # ------------------------------------------------------------------ maintenance

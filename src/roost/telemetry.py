@@ -33,6 +33,14 @@ class SelfMetrics:
         )
         self.disk_bytes = Gauge("roost_store_disk_bytes", "Bytes of the data directory on disk.", registry=r)
         self.compactions = Counter("roost_store_compactions", "Compactions of recent data into chunks.", registry=r)
+        self.source_up = Gauge("roost_source_up", "1 while a source is connected and working.", ["source"], registry=r)
+        self.source_readings = Counter("roost_source_readings", "Readings a source produced.", ["source"], registry=r)
+        self.source_errors = Counter(
+            "roost_source_errors", "Errors of a source, by reason.", ["source", "reason"], registry=r
+        )
+        self.source_last_success = Gauge(
+            "roost_source_last_success_timestamp_seconds", "When a source last produced a reading.", ["source"], registry=r
+        )
         self._last_logged: dict[tuple[str, str], float] = {}
 
     def reject(self, reason: str, series: str, message: str, count: int = 1) -> None:

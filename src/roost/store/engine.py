@@ -77,6 +77,7 @@ class StoreOptions:
 class WriteResult:
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    refused: list[tuple[str, Reading]] = field(default_factory=list)  # each refused reading with its reason
 
 
 @dataclass(slots=True)
@@ -260,11 +261,11 @@ class Store:
         batch = []
         for r in readings:
             if not np.isfinite(r.value):
-                self._reject(result, "nan" if np.isnan(r.value) else "inf")
+                self._reject(result, "nan" if np.isnan(r.value) else "inf", r)
                 continue
             sid = self.series_id(r.series)
             if sid is None:
-                self._reject(result, "cardinality_limit")
+                self._reject(result, "cardinality_limit", r)
                 self._log_cardinality(r.series)
                 continue
             batch.append((sid, r.ts_ms, r.value))
@@ -310,8 +311,9 @@ class Store:
         if latest is None or ts_ms >= latest[0]:
             self._latest[sid] = (ts_ms, value)
 
-    def _reject(self, result: WriteResult, reason: str) -> None:
+    def _reject(self, result: WriteResult, reason: str, reading: Reading) -> None:
         result.rejected[reason] = result.rejected.get(reason, 0) + 1
+        result.refused.append((reason, reading))
         self.rejected[reason] += 1
 
     _cardinality_logged = 0.0

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests and benchmarks talk to.
-DEBIAN_PEERS := mosquitto victoria-metrics
+DEBIAN_PEERS := mosquitto socat ser2net victoria-metrics
 
 .PHONY: demo test venv test-deps peers bench clean
 

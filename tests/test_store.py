@@ -214,3 +214,26 @@ def test_every_acknowledged_reading_survives_kill_9(tmp_path):
             ts, values = _raw(s, Series.of("power_watts", meter=f"m{i}"))
             assert values[: acked + 1] == [float(k) for k in range(acked + 1)]
     assert not segment_path(data / "wal", 0).exists()
+
+
+def test_garbage_collection_reclaims_rewritten_and_expired_chunks_and_keeps_the_rest(tmp_path, monkeypatch):
+    import roost.store.segments as segments
+
+    monkeypatch.setattr(segments, "FILE_LIMIT", 20_000)  # small data files, so there are several to collect
+    ts = T0 + np.arange(0, 20 * DAY_MS, 60_000)
+    values = np.round(np.random.default_rng(1).normal(20, 1, len(ts)), 2)
+    rules = (RetentionRule(Selector.parse('temperature_celsius{room="bedroom"}'), keep_ms=5 * DAY_MS),)
+    now = T0 + 20 * DAY_MS
+    with Store.open(tmp_path / "d", StoreOptions(retention=rules), writer=True) as s:
+        s.write_bulk(LOUNGE, ts, values, now=now)
+        s.write_bulk(BEDROOM, ts, values, now=now)
+        s.write_bulk(LOUNGE, ts[:5000], values[:5000] + 1, now=now)  # rewrites the first days: old bytes are garbage
+        s.apply_retention(now=now)
+        files_before = sorted((tmp_path / "d" / "chunks").iterdir())
+        removed = s.collect_garbage()
+        assert removed >= 1
+        assert len(sorted((tmp_path / "d" / "chunks").iterdir())) == len(files_before) - removed
+        got_ts, got_values = _raw(s, LOUNGE)
+        assert got_ts == ts.tolist()
+        assert got_values == (values[:5000] + 1).tolist() + values[5000:].tolist()
+        assert min(_raw(s, BEDROOM)[0]) >= now - 5 * DAY_MS

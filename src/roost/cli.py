@@ -314,6 +314,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     with Store.open(settings.hub.data, store_options(settings), writer=True) as store:
         n = store.compact()
         stats = store.apply_retention()
+        store.collect_garbage()
         store.checkpoint()
     print(f"compacted {n} samples; retention: {stats}")
     return 0

@@ -218,6 +218,7 @@ class Hub:
                     stats = await asyncio.to_thread(self.store.apply_retention)
                     if any(stats.values()):
                         log.info("retention: %s", stats)
+                    await asyncio.to_thread(self.store.collect_garbage)
                 except RoostError as err:
                     log.error("retention skipped: %s", err)
             self.refresh_gauges()

@@ -2,9 +2,11 @@
 per-series day chunks in SQLite, with hourly rollups for long-range queries.
 
 Files under the data directory:
-  store.db   SQLite (WAL mode): series, chunks (one row per series and UTC day), rollup_1h (one row per
-             series and 32-day block), rollup_5m (per series-day, only where raw samples were dropped by a
-             `raw` retention rule), meta (the last compacted WAL segment)
+  store.db   SQLite (WAL mode): series; open_chunks (day chunks of days not finished yet, rewritten as the day
+             fills); chunks (the index of sealed day chunks: file, offset, length); files (data files, their
+             committed size and garbage); rollup_1h (one row per series and 32-day block); rollup_5m (per
+             series-day, only where raw samples were dropped by a `raw` retention rule); meta
+  chunks/    append-only data files holding sealed day chunks back to back (segments.py)
   wal/       append-only segments of readings not yet compacted
   LOCK       held by the one process that writes the WAL (the hub)
 
@@ -38,6 +40,7 @@ from roost.store import wal
 from roost.store.blocks import BLOCK_DAYS, decode_rows, encode_rows
 from roost.store.codec import decode_chunk, encode_chunk
 from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, combine, rollup_samples
+from roost.store.segments import ChunkMoved, DataFiles
 
 log = logging.getLogger("roost.store")
 
@@ -50,7 +53,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, metric TEXT NOT NULL, labels TEXT NOT NULL,
     last_ts INTEGER, last_value REAL);
-CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, n INTEGER NOT NULL, file INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS open_chunks (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, garbage INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rollup_1h (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rollup_5m (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -117,7 +123,7 @@ def merge_samples(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
         return np.empty(0, np.int64), np.empty(0, np.float64)
     ts = np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False)
     values = np.concatenate([p[1] for p in parts]).astype(np.float64, copy=False)
-    if len(parts) == 1 and (len(ts) < 2 or bool(np.all(ts[1:] > ts[:-1]))):
+    if len(ts) < 2 or bool(np.all(ts[1:] > ts[:-1])):  # the usual case: consecutive days, nothing to merge
         return ts, values
     order = np.argsort(ts, kind="stable")
     ts, values = ts[order], values[order]
@@ -141,6 +147,7 @@ class Store:
         self.writer = writer
         self.db_path = self.data_dir / "store.db"
         self.wal_dir = self.data_dir / "wal"
+        self.files = DataFiles(self.data_dir / "chunks")
         self._lock_fd: int | None = None
         self._segment: wal.SegmentWriter | None = None
         self._head: dict[int, _HeadSeries] = {}
@@ -198,6 +205,7 @@ class Store:
         if self._segment:
             self._segment.close()
             self._segment = None
+        self.files.close()
         self.conn.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -376,12 +384,14 @@ class Store:
                     ts, values = self._head_arrays(hs)
                     self._merge_into_chunks(conn, sid, ts, values, now=now)
                     n += len(ts)
+                self._seal_finished_days(conn, (now if now is not None else now_ms()) // DAY_MS)
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('wal_compacted', ?)", (str(self._frozen_seq),)
                 )
                 conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                conn.execute("ROLLBACK") if conn.in_transaction else None
+            except (sqlite3.OperationalError, OSError) as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise self._write_error(exc) from None
             finally:
                 conn.close()
@@ -415,8 +425,8 @@ class Store:
         self.finish_compaction(True)
         return n
 
-    def _write_error(self, exc: sqlite3.OperationalError) -> StoreError:
-        if "full" in str(exc):
+    def _write_error(self, exc: Exception) -> StoreError:
+        if "full" in str(exc) or getattr(exc, "errno", None) == 28:
             return StoreFullError(
                 f"{self.db_path}: the disk is full, compaction and imports wait (free space; nothing stored is lost)"
             )
@@ -433,7 +443,11 @@ class Store:
     def _merge_into_chunks(
         self, conn: sqlite3.Connection, sid: int, ts: np.ndarray, values: np.ndarray, *, now: int | None = None
     ) -> None:
-        """Merge sorted unique samples of one series into its day chunks (new samples win) and roll up whole days."""
+        """Merge sorted unique samples of one series into its day chunks (new samples win).
+
+        Days before today's (UTC) are sealed into data files and rolled up; today's stays an open chunk.
+        Caller holds a write transaction.
+        """
         if not len(ts):
             return
         today = (now if now is not None else now_ms()) // DAY_MS
@@ -441,27 +455,124 @@ class Store:
         cuts = np.flatnonzero(days[1:] != days[:-1]) + 1
         starts, ends = np.concatenate(([0], cuts)), np.append(cuts, len(ts))
         ids = [_row_id(int(days[s]), sid) for s in starts]
-        existing = dict(self._fetch(conn, "chunks", ids))
+        existing = dict(self._load_chunks(conn, ids))
+        sealed: list[tuple[int, int, bytes]] = []
         finished: dict[int, Rows] = {}
         last = None
         for row_id, s, e in zip(ids, starts, ends):
             day_ts, day_values = ts[s:e], values[s:e]
             if row_id in existing:
                 day_ts, day_values = merge_samples([decode_chunk(existing[row_id]), (day_ts, day_values)])
-            conn.execute(
-                "INSERT OR REPLACE INTO chunks (id, n, data) VALUES (?, ?, ?)",
-                (row_id, len(day_ts), encode_chunk(day_ts, day_values)),
-            )
+            blob = encode_chunk(day_ts, day_values)
             day = row_id >> _SID_BITS
             if day < today:
+                sealed.append((row_id, len(day_ts), blob))
                 finished[day] = rollup_samples(day_ts, day_values, HOUR_MS)
+            else:
+                self._drop_sealed(conn, [row_id])
+                conn.execute("INSERT OR REPLACE INTO open_chunks (id, n, data) VALUES (?, ?, ?)", (row_id, len(day_ts), blob))
             last = (int(day_ts[-1]), float(day_values[-1]))
+        self._write_sealed(conn, sealed)
         if finished:
             self._update_hourly(conn, sid, finished)
         conn.execute(
             "UPDATE series SET last_ts = ?, last_value = ? WHERE id = ? AND (last_ts IS NULL OR last_ts <= ?)",
             (last[0], last[1], sid, last[0]),
         )
+
+    def _write_sealed(self, conn: sqlite3.Connection, chunks: list[tuple[int, int, bytes]]) -> None:
+        """Append chunks to the data files and index them, replacing older versions (open or sealed)."""
+        if not chunks:
+            return
+        ids = [c[0] for c in chunks]
+        self._drop_sealed(conn, ids)
+        locations = self.files.append(conn, [c[2] for c in chunks], fsync=self.options.fsync)
+        conn.executemany(
+            "INSERT INTO chunks (id, n, file, offset, length) VALUES (?, ?, ?, ?, ?)",
+            [(row_id, n, *loc) for (row_id, n, _blob), loc in zip(chunks, locations)],
+        )
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            conn.execute(f"DELETE FROM open_chunks WHERE id IN ({','.join('?' * len(part))})", part)
+
+    @staticmethod
+    def _drop_sealed(conn: sqlite3.Connection, ids: list[int], where: str = "", args: tuple = ()) -> int:
+        """Remove index rows (by id list, or by a WHERE clause) and count their bytes as garbage of their files."""
+        if where:
+            rows = conn.execute(f"SELECT id, file, length FROM chunks WHERE {where}", args).fetchall()
+        else:
+            rows = []
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                rows += conn.execute(
+                    f"SELECT id, file, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
+                ).fetchall()
+        if not rows:
+            return 0
+        garbage: dict[int, int] = defaultdict(int)
+        for _id, file_id, length in rows:
+            garbage[file_id] += length
+        conn.executemany("UPDATE files SET garbage = garbage + ? WHERE id = ?", [(g, f) for f, g in garbage.items()])
+        conn.executemany("DELETE FROM chunks WHERE id = ?", [(r[0],) for r in rows])
+        return len(rows)
+
+    def _seal_finished_days(self, conn: sqlite3.Connection, today: int) -> int:
+        """Move open chunks of days before `today` into the data files, with their hourly rollups."""
+        rows = conn.execute("SELECT id, n, data FROM open_chunks WHERE id < ?", (_row_id(today, 0),)).fetchall()
+        if not rows:
+            return 0
+        self._write_sealed(conn, [(row_id, n, blob) for row_id, n, blob in rows])
+        by_series: dict[int, dict[int, Rows]] = defaultdict(dict)
+        for row_id, _n, blob in rows:
+            ts, values = decode_chunk(blob)
+            by_series[row_id & _SID_MASK][row_id >> _SID_BITS] = rollup_samples(ts, values, HOUR_MS)
+        for sid, days in by_series.items():
+            self._update_hourly(conn, sid, days)
+        return len(rows)
+
+    def _load_chunks(self, conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
+        """(id, blob) of the chunks among `ids` that exist, open or sealed."""
+        out = self._fetch(conn, "open_chunks", ids)
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            for row_id, file_id, offset, length in conn.execute(
+                f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
+            ):
+                out.append((row_id, self.files.read(file_id, offset, length)))
+        return out
+
+    def collect_garbage(self, min_ratio: float = 0.5) -> int:
+        """Rewrite data files that are mostly garbage (after retention or late data); returns files removed."""
+        with self._compact_lock:
+            conn = _connect(self.db_path)
+            removed: list[int] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                newest = conn.execute("SELECT max(id) FROM files").fetchone()[0]
+                for file_id, size, garbage in conn.execute(
+                    "SELECT id, size, garbage FROM files WHERE id < ? AND garbage >= size * ?", (newest or 0, min_ratio)
+                ).fetchall():
+                    live = conn.execute("SELECT id, n, offset, length FROM chunks WHERE file = ?", (file_id,)).fetchall()
+                    blobs = [(row_id, n, self.files.read(file_id, off, length)) for row_id, n, off, length in live]
+                    conn.executemany("DELETE FROM chunks WHERE id = ?", [(b[0],) for b in blobs])
+                    locations = self.files.append(conn, [b[2] for b in blobs], fsync=self.options.fsync)
+                    conn.executemany(
+                        "INSERT INTO chunks (id, n, file, offset, length) VALUES (?, ?, ?, ?, ?)",
+                        [(row_id, n, *loc) for (row_id, n, _b), loc in zip(blobs, locations)],
+                    )
+                    conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+                    removed.append(file_id)
+                conn.execute("COMMIT")
+            except (sqlite3.OperationalError, OSError) as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._write_error(exc) from None
+            finally:
+                conn.close()
+        for file_id in removed:
+            self.files.forget(file_id)
+            self.files.path(file_id).unlink(missing_ok=True)
+        return len(removed)
 
     def _update_hourly(self, conn: sqlite3.Connection, sid: int, days: dict[int, Rows]) -> None:
         by_block: dict[int, dict[int, Rows]] = defaultdict(dict)
@@ -518,7 +629,7 @@ class Store:
                 self.conn.execute("BEGIN IMMEDIATE")
                 self._merge_into_chunks(self.conn, sid, ts, values, now=now)
                 self.conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.OperationalError, OSError) as exc:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise self._write_error(exc) from None
@@ -550,7 +661,7 @@ class Store:
                         stats["chunks_downsampled"] += self._downsample(conn, sid, (now - rule.raw_ms) // DAY_MS)
                 conn.execute("COMMIT")
                 conn.execute("PRAGMA incremental_vacuum")
-            except sqlite3.OperationalError as exc:
+            except (sqlite3.OperationalError, OSError) as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise self._write_error(exc) from None
@@ -558,31 +669,30 @@ class Store:
                 conn.close()
         return stats
 
-    @staticmethod
-    def _expire(conn: sqlite3.Connection, sid: int, before_day: int) -> int:
-        cur = conn.execute(
-            "DELETE FROM chunks WHERE id < ? AND (id & ?) = ?", (_row_id(before_day, 0), _SID_MASK, sid)
-        )
-        conn.execute("DELETE FROM rollup_5m WHERE id < ? AND (id & ?) = ?", (_row_id(before_day, 0), _SID_MASK, sid))
-        conn.execute(
-            "DELETE FROM rollup_1h WHERE id < ? AND (id & ?) = ?",
-            (_row_id(before_day // BLOCK_DAYS, 0), _SID_MASK, sid),
-        )
-        return cur.rowcount
+    def _expire(self, conn: sqlite3.Connection, sid: int, before_day: int) -> int:
+        older = "id < ? AND (id & ?) = ?"
+        args = (_row_id(before_day, 0), _SID_MASK, sid)
+        deleted = self._drop_sealed(conn, [], older, args)
+        deleted += conn.execute(f"DELETE FROM open_chunks WHERE {older}", args).rowcount
+        conn.execute(f"DELETE FROM rollup_5m WHERE {older}", args)
+        conn.execute(f"DELETE FROM rollup_1h WHERE {older}", (_row_id(before_day // BLOCK_DAYS, 0), _SID_MASK, sid))
+        return deleted
 
-    @staticmethod
-    def _downsample(conn: sqlite3.Connection, sid: int, before_day: int) -> int:
-        rows = conn.execute(
-            "SELECT id, data FROM chunks WHERE id < ? AND (id & ?) = ?", (_row_id(before_day, 0), _SID_MASK, sid)
-        ).fetchall()
-        for row_id, blob in rows:
+    def _downsample(self, conn: sqlite3.Connection, sid: int, before_day: int) -> int:
+        ids = [
+            row_id
+            for (row_id,) in conn.execute(
+                "SELECT id FROM chunks WHERE id < ? AND (id & ?) = ?", (_row_id(before_day, 0), _SID_MASK, sid)
+            )
+        ]
+        for row_id, blob in self._load_chunks(conn, ids):
             ts, values = decode_chunk(blob)
             conn.execute(
                 "INSERT OR REPLACE INTO rollup_5m (id, data) VALUES (?, ?)",
                 (row_id, encode_rows(rollup_samples(ts, values, FIVE_MINUTES_MS))),
             )
-            conn.execute("DELETE FROM chunks WHERE id = ?", (row_id,))
-        return len(rows)
+        self._drop_sealed(conn, ids)
+        return len(ids)
 
     # ----------------------------------------------------------------- reads
 
@@ -621,14 +731,10 @@ class Store:
 
     def read(self, selector: Selector, start_ms: int, end_ms: int) -> Iterator[SeriesData]:
         """Raw samples with start_ms <= ts < end_ms of every matching series (5-minute `last` where raw was dropped)."""
-        heads, conn = self._reader_head()
-        try:
-            for sid, series in self.series(selector):
-                ts, values = self._samples(conn, sid, start_ms, end_ms, heads.get(sid, []))
-                if len(ts):
-                    yield SeriesData(series, ts, values)
-        finally:
-            self._end_read()
+        for sid, series in self.series(selector):
+            ts, values = self._retrying(lambda conn, heads: self._samples(conn, sid, start_ms, end_ms, heads.get(sid, [])))
+            if len(ts):
+                yield SeriesData(series, ts, values)
 
     def query(self, selector: Selector, start_ms: int, end_ms: int, step_ms: int, agg: str = "mean") -> list[SeriesData]:
         """Aggregate every matching series into buckets of `step_ms` aligned to the epoch.
@@ -642,27 +748,39 @@ class Store:
             raise StoreError("step must be positive")
         lo = start_ms - start_ms % step_ms
         hi = end_ms - end_ms % step_ms + step_ms
-        heads, conn = self._reader_head()
-        out = []
-        try:
+        def run(conn, heads) -> list[SeriesData]:
+            out = []
             for sid, series in self.series(selector):
                 rows = self._rows(conn, sid, lo, hi, step_ms, heads.get(sid, []))
                 if len(rows):
                     buckets = combine(rows, step_ms)
                     out.append(SeriesData(series, buckets.ts, buckets.value(agg)))
-        finally:
-            self._end_read()
-        return out
+            return out
+
+        return self._retrying(run)
+
+    def _retrying(self, fn):
+        """Run a read against one consistent snapshot; retry when garbage collection moved a chunk under it."""
+        for _attempt in range(5):
+            heads, conn = self._reader_head()
+            try:
+                return fn(conn, heads)
+            except ChunkMoved:
+                continue
+            finally:
+                self._end_read()
+        raise StoreError(f"{self.data_dir}: chunks kept moving under this reader; try again")
 
     def _days(self, conn, lo: int, hi: int, head) -> range:
         """Days of [lo, hi) that can hold data: clamped to what the chunks, 5-minute rollups and head span."""
         first, last = lo // DAY_MS, (hi - 1) // DAY_MS
-        bounds = [
-            (a >> _SID_BITS, b >> _SID_BITS)
-            for table in ("chunks", "rollup_5m")
-            for a, b in [conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()]
-            if a is not None
-        ]
+        bounds = []
+        for table in ("chunks", "open_chunks", "rollup_5m"):
+            # Two statements: SQLite answers min() or max() of a rowid from the B-tree's edge, but not both at once.
+            (a,) = conn.execute(f"SELECT min(id) FROM {table}").fetchone()
+            if a is not None:
+                (b,) = conn.execute(f"SELECT max(id) FROM {table}").fetchone()
+                bounds.append((a >> _SID_BITS, b >> _SID_BITS))
         bounds += [(int(t.min()) // DAY_MS, int(t.max()) // DAY_MS) for t, _v in head if len(t)]
         if not bounds:
             return range(0)
@@ -704,7 +822,7 @@ class Store:
         if days is None:
             days = self._days(conn, lo, hi, head)
         ids = [_row_id(d, sid) for d in days]
-        chunks = sorted(self._fetch(conn, "chunks", ids))
+        chunks = sorted(self._load_chunks(conn, ids))
         parts = [decode_chunk(blob) for _id, blob in chunks]
         have = {i for i, _b in chunks}
         missing = [i for i in ids if i not in have]

@@ -844,7 +844,11 @@ class Store:
         return ts[lo_i:hi_i], values[lo_i:hi_i]
 
     def latest(self) -> dict[Series, tuple[int, float]]:
-        """The newest sample of every series."""
+        """The newest sample of every series (also what other processes imported)."""
+        self._load_series()
+        for sid, last_ts, last_value in self.conn.execute("SELECT id, last_ts, last_value FROM series WHERE last_ts IS NOT NULL"):
+            if sid not in self._latest or self._latest[sid][0] < last_ts:
+                self._latest[sid] = (last_ts, last_value)
         if not self.writer:
             heads, _conn = self._reader_head()
             self._end_read()

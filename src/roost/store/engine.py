@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from roost.selector import Selector
 from roost.store import wal
 from roost.store.blocks import BLOCK_DAYS, decode_rows, encode_rows
 from roost.store.codec import decode_chunk, encode_chunk
-from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, combine, rollup_samples
+from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, bucketize, rollup_samples
 from roost.store.segments import ChunkMoved, DataFiles
 
 log = logging.getLogger("roost.store")
@@ -76,6 +76,7 @@ class RetentionRule:
 class StoreOptions:
     max_series: int = 10_000
     fsync: bool = True
+    cache_bytes: int = 32 * 1024 * 1024  # decoded sealed chunks kept for repeated queries
     retention: tuple[RetentionRule, ...] = ()
 
 
@@ -156,6 +157,9 @@ class Store:
         self._series_by_key: dict[str, int] = {}
         self._series_by_id: dict[int, Series] = {}
         self._compact_lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
         self.head_samples = 0
         self.rejected: dict[str, int] = defaultdict(int)
         self.conn: sqlite3.Connection
@@ -530,6 +534,38 @@ class Store:
             self._update_hourly(conn, sid, days)
         return len(rows)
 
+    def _decoded_chunks(self, conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+        """(id, (ts, values)) of the chunks among `ids`; sealed ones come from a bounded cache of decoded days.
+
+        Sealed bytes never change (a rewrite is appended elsewhere), so (file, offset) identifies a version and
+        the cache needs no invalidation. Dashboards ask for the same recent days over and over.
+        """
+        out = [(row_id, decode_chunk(blob)) for row_id, blob in self._fetch(conn, "open_chunks", ids)]
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            for row_id, file_id, offset, length in conn.execute(
+                f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
+            ).fetchall():
+                key = (file_id, offset)
+                hit = self._cache.get(key)
+                if hit is None:
+                    hit = decode_chunk(self.files.read(file_id, offset, length))
+                    for array in hit:
+                        array.setflags(write=False)  # shared by every later query
+                    self._cache_put(key, hit)
+                else:
+                    self._cache.move_to_end(key)
+                out.append((row_id, hit))
+        return out
+
+    def _cache_put(self, key: tuple[int, int], arrays: tuple[np.ndarray, np.ndarray]) -> None:
+        with self._cache_lock:
+            self._cache[key] = arrays
+            self._cache_bytes += arrays[0].nbytes + arrays[1].nbytes
+            while self._cache_bytes > self.options.cache_bytes and self._cache:
+                _key, (ts, values) = self._cache.popitem(last=False)
+                self._cache_bytes -= ts.nbytes + values.nbytes
+
     def _load_chunks(self, conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
         """(id, blob) of the chunks among `ids` that exist, open or sealed."""
         out = self._fetch(conn, "open_chunks", ids)
@@ -751,10 +787,9 @@ class Store:
         def run(conn, heads) -> list[SeriesData]:
             out = []
             for sid, series in self.series(selector):
-                rows = self._rows(conn, sid, lo, hi, step_ms, heads.get(sid, []))
+                rows, raw = self._rows(conn, sid, lo, hi, step_ms, heads.get(sid, []))
                 if len(rows):
-                    buckets = combine(rows, step_ms)
-                    out.append(SeriesData(series, buckets.ts, buckets.value(agg)))
+                    out.append(SeriesData(series, *bucketize(rows, lo, hi, step_ms, agg, raw=raw)))
             return out
 
         return self._retrying(run)
@@ -786,7 +821,8 @@ class Store:
             return range(0)
         return range(max(first, min(b[0] for b in bounds)), min(last, max(b[1] for b in bounds)) + 1)
 
-    def _rows(self, conn, sid: int, lo: int, hi: int, step_ms: int, head) -> Rows:
+    def _rows(self, conn, sid: int, lo: int, hi: int, step_ms: int, head) -> tuple[Rows, bool]:
+        """Rollup rows (or samples as rows) of [lo, hi), and whether they are all raw samples."""
         head_parts = [(t, v) for t, v in head if len(t)]
         days = self._days(conn, lo, hi, head_parts)
         head_days = set()
@@ -810,11 +846,12 @@ class Store:
         if need:
             ts, values = self._samples(conn, sid, lo, hi, head_parts, days=need, rows_out=parts, step_ms=step_ms)
             parts.append(Rows.from_samples(ts, values))
+        raw = len(parts) == 1 and not rolled
         rows = Rows.concat(parts)
         if len(parts) > 1:
             order = np.argsort(rows.ts, kind="stable")
             rows = Rows(*(getattr(rows, f)[order] for f in ("ts", *Rows.FIELDS)))
-        return rows.between(lo, hi)
+        return rows.between(lo, hi), raw
 
     def _samples(
         self, conn, sid: int, lo: int, hi: int, head, *, days=None, rows_out: list[Rows] | None = None, step_ms: int = 0
@@ -822,9 +859,9 @@ class Store:
         if days is None:
             days = self._days(conn, lo, hi, head)
         ids = [_row_id(d, sid) for d in days]
-        chunks = sorted(self._load_chunks(conn, ids))
-        parts = [decode_chunk(blob) for _id, blob in chunks]
-        have = {i for i, _b in chunks}
+        chunks = sorted(self._decoded_chunks(conn, ids), key=lambda c: c[0])
+        parts = [arrays for _id, arrays in chunks]
+        have = {i for i, _a in chunks}
         missing = [i for i in ids if i not in have]
         if missing:
             for _id, blob in sorted(self._fetch(conn, "rollup_5m", missing)):

@@ -93,3 +93,28 @@ def rollup_samples(ts: np.ndarray, values: np.ndarray, width_ms: int) -> Rows:
     if d is not None:
         rows.sum = np.round(rows.sum, d)
     return rows
+
+
+def bucketize(rows: Rows, lo: int, hi: int, step: int, agg: str, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket starts, values) of the non-empty buckets [lo + k*step, lo + (k+1)*step) of `rows` for one aggregation.
+
+    Only the asked-for aggregation is computed, by binary search for the bucket edges and one reduceat, so a
+    week of raw samples costs two passes over the values. `raw` says every row is one sample (count 1).
+    """
+    edges = np.arange(lo, hi + step, step, dtype=np.int64)
+    bounds = np.searchsorted(rows.ts, edges)
+    starts, ends = bounds[:-1], bounds[1:]
+    full = ends > starts
+    starts, ends, keys = starts[full], ends[full], edges[:-1][full]
+    if not len(starts):
+        return keys, np.empty(0, np.float64)
+    if agg == "last":
+        return keys, rows.last[ends - 1]
+    if agg in ("min", "max"):
+        ufunc = np.minimum if agg == "min" else np.maximum
+        return keys, ufunc.reduceat(getattr(rows, agg), starts)
+    count = (ends - starts).astype(np.float64) if raw else np.add.reduceat(rows.count, starts)
+    if agg == "count":
+        return keys, count
+    total = np.add.reduceat(rows.sum, starts)
+    return keys, total if agg == "sum" else total / count

@@ -180,6 +180,8 @@ async def _serve(settings: Settings, demo_args: argparse.Namespace | None = None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, hub.stop)
+        # SIGHUP must not kill the hub; sources that rescan on it (1-Wire) install their own handler while they run.
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: no source rescans on it"))
         print(f"roost is running: open {hub.url}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
         await hub.run()
         log.info("stopping")

@@ -35,12 +35,14 @@ class SourceContext:
         self.log = logging.getLogger(f"roost.sources.{name}")
         metrics.source_up.labels(source=name).set(0)
 
-    def emit(self, readings: Iterable[Reading]) -> int:
+    def emit(self, readings: Iterable[Reading], *, success: bool = True) -> int:
+        """Hand readings to the store; `success=False` for health readings of a failed poll (`up 0`)."""
         batch = list(readings)
         if batch:
             self._emit(batch)
             self._metrics.source_readings.labels(source=self.name).inc(len(batch))
-            self.success()
+            if success:
+                self.success()
         return len(batch)
 
     def success(self) -> None:
@@ -87,9 +89,9 @@ async def supervise(make: Callable[[], Source], ctx: SourceContext, *, max_backo
     """Run a source forever: when it fails (cannot connect, connection lost), log, mark it down, back off, retry."""
     backoff = 1.0
     while True:
-        started = time.monotonic()
         try:
             async with make() as source:
+                backoff = 1.0  # connected: the next failure starts the back-off afresh
                 await source.run()
         except asyncio.CancelledError:
             raise
@@ -99,7 +101,5 @@ async def supervise(make: Callable[[], Source], ctx: SourceContext, *, max_backo
             log.exception("source %s crashed; retrying in %.0f s", ctx.name, backoff)
             ctx._metrics.source_errors.labels(source=ctx.name, reason="crash").inc()
         ctx.up(False)
-        if time.monotonic() - started > 5 * max_backoff_s:
-            backoff = 1.0
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, max_backoff_s)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -156,6 +157,7 @@ class Store:
         self._latest: dict[int, tuple[int, float]] = {}
         self._series_by_key: dict[str, int] = {}
         self._series_by_id: dict[int, Series] = {}
+        self._sid_by_series: dict[Series, int] = {}  # the hot path: no str() per reading
         self._compact_lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_bytes = 0
@@ -235,9 +237,14 @@ class Store:
 
     def series_id(self, series: Series, *, create: bool = True) -> int | None:
         """The id of a series, registering it if new; None when the cardinality cap refuses it."""
+        sid = self._sid_by_series.get(series)
+        if sid is not None:
+            return sid
         key = _series_key(series)
         sid = self._series_by_key.get(key)
         if sid is not None or not create:
+            if sid is not None:
+                self._sid_by_series[series] = sid
             return sid
         self._load_series()  # another process may have registered it
         sid = self._series_by_key.get(key)
@@ -272,8 +279,8 @@ class Store:
         result = WriteResult()
         batch = []
         for r in readings:
-            if not np.isfinite(r.value):
-                self._reject(result, "nan" if np.isnan(r.value) else "inf", r)
+            if not math.isfinite(r.value):
+                self._reject(result, "nan" if math.isnan(r.value) else "inf", r)
                 continue
             sid = self.series_id(r.series)
             if sid is None:

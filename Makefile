@@ -6,14 +6,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests and benchmarks talk to.
-DEBIAN_PEERS := mosquitto socat ser2net victoria-metrics
+DEBIAN_PEERS := mosquitto socat ser2net victoria-metrics chromium
 
 .PHONY: demo test venv test-deps peers bench clean
 
-$(BIN)/roost: pyproject.toml
+$(BIN)/roost: pyproject.toml src/roost/web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
+	npm ci --prefix src/roost/web --no-audit --no-fund --silent  # the dashboard's uPlot, from the npm registry
 	touch $@
 
 venv: $(BIN)/roost

@@ -21,6 +21,7 @@ class Subscription(Generic[T]):
     name: str
     queue: asyncio.Queue[T]
     dropped: int = 0
+    dropped_reported: int = 0  # what the self-metric has counted so far
     delivered: int = 0
 
     async def get(self) -> T:

@@ -173,8 +173,8 @@ async def _serve(settings: Settings, demo_args: argparse.Namespace | None = None
 
             house = demo.House(seed=demo_args.seed)
             span = parse_duration_ms(demo_args.backfill)
-            if span:
-                written = await asyncio.to_thread(demo.backfill, hub.store, house, span, now_ms())
+            written = await asyncio.to_thread(demo.backfill, hub.store, house, span, now_ms())
+            if written:
                 log.info("backfilled %s of history: %d readings", demo.describe(span), written)
             hub.spawn(demo.run_live(hub, house), "demo-house")
         loop = asyncio.get_running_loop()

@@ -82,6 +82,9 @@ class House:
 def backfill(store, house: House, span_ms: int, end_ms: int) -> int:
     """Write history up to `end_ms` straight into chunks, starting after what the store already has."""
     latest = store.latest()
+    last_energy = latest.get(Series.of("energy_kwh_total", meter="main"))
+    if last_energy:
+        house.energy_kwh = last_energy[1]  # a meter never runs backwards, also across demo restarts
     have = [latest[s][0] for s in house.series() if s in latest]
     start = max(end_ms - span_ms, max(have) + INTERVAL_MS if have else 0)
     start -= start % INTERVAL_MS
@@ -91,10 +94,6 @@ def backfill(store, house: House, span_ms: int, end_ms: int) -> int:
     written = 0
     for series, values in house.samples(ts).items():
         written += store.write_bulk(series, ts, values, now=end_ms)
-    if have:
-        last_energy = latest.get(Series.of("energy_kwh_total", meter="main"))
-        if last_energy:
-            house.energy_kwh = last_energy[1]
     return written
 
 

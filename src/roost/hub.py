@@ -242,6 +242,8 @@ class Hub:
         self.metrics.series.set(self.store.series_count)
         self.metrics.head_samples.set(self.store.head_samples)
         self.metrics.disk_bytes.set(self.store.disk_bytes())
-        for sub in self.bus.subscribers:
-            counter = self.metrics.bus_dropped.labels(subscriber=sub.name)
-            counter.inc(sub.dropped - counter._value.get())
+        for sub in self.bus.subscribers:  # subscribers may share a name: count each one's new drops
+            new = sub.dropped - sub.dropped_reported
+            if new:
+                self.metrics.bus_dropped.labels(subscriber=sub.name).inc(new)
+                sub.dropped_reported = sub.dropped

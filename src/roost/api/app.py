@@ -1,17 +1,16 @@
 """The HTTP app of the hub (aiohttp). The JSON API is documented in docs/api.md.
 
 Routes:
-  GET  /                       status page: every series with its latest value
+  GET  /                       the dashboard, its assets and /api/live (roost.api.dashboard, docs/dashboard.md)
   GET  /api/series             series list with latest values            ?match=SELECTOR
   GET  /api/query              bucketed range query                      ?match=&start=&end=&since=&step=&agg=
-  POST /write, /api/v2/write   Influx line protocol push (v1 and v2)     ?precision=ns|us|ms|s
+  POST /write, /api/v2/write   Influx line protocol push (v1 and v2)     see sources/http_push.py
   GET  /metrics                Prometheus exposition of roost's own health
   GET  /healthz                liveness
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import TYPE_CHECKING
 
 import orjson
@@ -19,10 +18,12 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from roost.api.dashboard import add_dashboard_routes
 from roost.durations import parse_duration_ms, parse_time_ms
-from roost.errors import QueryError, RoostError, StoreError, StoreFullError
+from roost.errors import QueryError, StoreError
 from roost.model import now_ms
 from roost.selector import Selector
+from roost.sources.http_push import add_routes
 from roost.store import AGGREGATIONS
 
 if TYPE_CHECKING:
@@ -42,13 +43,14 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def create_app(hub: Hub) -> web.Application:
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    # Pushed bodies are decompressed by the push handler, which also rejects a gzip stream cut short (aiohttp's
+    # own decompression would store a truncated last line as a wrong reading).
+    app = web.Application(client_max_size=16 * 1024 * 1024, handler_args={"auto_decompress": False})
     app[HUB] = hub
-    app.router.add_get("/", index)
+    add_dashboard_routes(app, hub)
     app.router.add_get("/api/series", api_series)
     app.router.add_get("/api/query", api_query)
-    app.router.add_post("/write", write_line_protocol)
-    app.router.add_post("/api/v2/write", write_line_protocol)
+    add_routes(app, hub)  # POST /write, /api/v2/write
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app
@@ -56,11 +58,6 @@ def create_app(hub: Hub) -> web.Application:
 
 def _hub(request: web.Request) -> Hub:
     return request.app[HUB]  # type: ignore[return-value]
-
-
-async def index(request: web.Request) -> web.Response:
-    page = resources.files("roost.web").joinpath("status.html").read_text()
-    return web.Response(text=page, content_type="text/html")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -136,34 +133,6 @@ async def api_query(request: web.Request) -> web.Response:
             ],
         }
     )
-
-
-async def write_line_protocol(request: web.Request) -> web.Response:
-    """Influx line protocol; valid lines are stored even when others are malformed (then 400 names them)."""
-    from roost.transfer.lineprotocol import parse_lines
-
-    hub = _hub(request)
-    precision = request.query.get("precision", "ns")
-    if precision not in ("ns", "us", "u", "ms", "s", "m", "h"):
-        return _error(400, f"precision: expected ns, us, ms, s, m or h, got {precision!r}")
-    body = await request.text()
-    parsed = parse_lines(body, precision=precision, default_ts_ms=now_ms())
-    for err in parsed.errors:
-        hub.metrics.reject(err.reason, f"{request.remote}:{err.line}", f"line {err.line}: {err.message}")
-    try:
-        result = await hub.ingest(parsed.readings)
-    except StoreFullError as err:
-        return _error(507, str(err))
-    except RoostError as err:
-        return _error(500, str(err))
-    if parsed.errors:
-        shown = "; ".join(f"line {e.line}: {e.message}" for e in parsed.errors[:20])
-        more = f" (and {len(parsed.errors) - 20} more)" if len(parsed.errors) > 20 else ""
-        return _json(
-            {"error": f"{len(parsed.errors)} malformed line(s), {result.accepted} reading(s) stored: {shown}{more}"},
-            400,
-        )
-    return web.Response(status=204)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from roost.model import Reading
 from roost.selector import Selector
 from roost.store import RetentionRule, Store, StoreOptions, WriteResult
 from roost.telemetry import SelfMetrics
+from roost.things import ThingRegistry
 
 log = logging.getLogger("roost.hub")
 
@@ -61,6 +62,7 @@ class Hub:
         self.settings = settings
         self.metrics = SelfMetrics()
         self.bus: Bus[Reading] = Bus()
+        self.things = ThingRegistry()
         self.store: Store
         self.started_at = time.time()
         self._serve_http = serve_http

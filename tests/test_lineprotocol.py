@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from roost.errors import InvalidReading
 from roost.model import Reading, Series
 from roost.store import SeriesData
-from roost.transfer import LineError, format_lines, parse_lines
+from roost.transfer.lineprotocol import LineError, format_lines, parse_lines
 
 NOW = 1_700_000_000_000
 

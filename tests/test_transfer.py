@@ -11,7 +11,8 @@ from roost.errors import ImportFormatError
 from roost.model import Series
 from roost.selector import Selector
 from roost.store import Store
-from roost.transfer import export, import_file
+from roost.transfer.exports import export
+from roost.transfer.imports import import_file
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z

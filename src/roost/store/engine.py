@@ -18,6 +18,7 @@ the chunks of one SQLite snapshot plus the WAL segments that snapshot has not co
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -26,6 +27,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from array import array
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
@@ -49,6 +51,8 @@ DAY_MS = 86_400_000
 _SID_BITS = 24
 _SID_MASK = (1 << _SID_BITS) - 1
 AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
+_BLOCK_OFFSETS = np.arange(BLOCK_DAYS, dtype=np.int64)
+_ROLLUP_CACHE_BLOCKS = 4096  # ~32 KB decoded each: a year of 10 series x 12 blocks is 120
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -161,6 +165,7 @@ class Store:
         self._compact_lock = threading.Lock()
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_bytes = 0
+        self._rollup_cache: OrderedDict[tuple[int, int, int], tuple[Rows, int]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.head_samples = 0
         self.rejected: dict[str, int] = defaultdict(int)
@@ -565,6 +570,18 @@ class Store:
                 out.append((row_id, hit))
         return out
 
+    def _decoded_rollups(self, rid: int, blob: bytes) -> tuple[Rows, int]:
+        """Decode an hourly rollup block, cached by its id and content (blocks are rewritten as days seal)."""
+        key = (rid, len(blob), zlib.crc32(blob))
+        hit = self._rollup_cache.get(key)
+        if hit is None:
+            hit = decode_rows(blob)
+            with self._cache_lock:
+                self._rollup_cache[key] = hit
+                while len(self._rollup_cache) > _ROLLUP_CACHE_BLOCKS:
+                    self._rollup_cache.popitem(last=False)
+        return hit
+
     def _cache_put(self, key: tuple[int, int], arrays: tuple[np.ndarray, np.ndarray]) -> None:
         with self._cache_lock:
             self._cache[key] = arrays
@@ -586,7 +603,10 @@ class Store:
 
     def collect_garbage(self, min_ratio: float = 0.5) -> int:
         """Rewrite data files that are mostly garbage (after retention or late data); returns files removed."""
-        with self._compact_lock:
+        with self._compact_lock, _gc_permit(self.data_dir) as allowed:
+            if not allowed:
+                log.info("garbage collection postponed: a snapshot is copying the data files")
+                return 0
             conn = _connect(self.db_path)
             removed: list[int] = []
             try:
@@ -612,9 +632,9 @@ class Store:
                 raise self._write_error(exc) from None
             finally:
                 conn.close()
-        for file_id in removed:
-            self.files.forget(file_id)
-            self.files.path(file_id).unlink(missing_ok=True)
+            for file_id in removed:  # still under the permit: a snapshot must never see a file vanish
+                self.files.forget(file_id)
+                self.files.path(file_id).unlink(missing_ok=True)
         return len(removed)
 
     def _update_hourly(self, conn: sqlite3.Connection, sid: int, days: dict[int, Rows]) -> None:
@@ -793,8 +813,9 @@ class Store:
         hi = end_ms - end_ms % step_ms + step_ms
         def run(conn, heads) -> list[SeriesData]:
             out = []
+            stored = self._stored_days(conn)
             for sid, series in self.series(selector):
-                rows, raw = self._rows(conn, sid, lo, hi, step_ms, heads.get(sid, []))
+                rows, raw = self._rows(conn, sid, lo, hi, step_ms, heads.get(sid, []), stored)
                 if len(rows):
                     out.append(SeriesData(series, *bucketize(rows, lo, hi, step_ms, agg, raw=raw)))
             return out
@@ -813,9 +834,9 @@ class Store:
                 self._end_read()
         raise StoreError(f"{self.data_dir}: chunks kept moving under this reader; try again")
 
-    def _days(self, conn, lo: int, hi: int, head) -> range:
-        """Days of [lo, hi) that can hold data: clamped to what the chunks, 5-minute rollups and head span."""
-        first, last = lo // DAY_MS, (hi - 1) // DAY_MS
+    @staticmethod
+    def _stored_days(conn) -> list[tuple[int, int]]:
+        """(first, last) day of each table holding day rows: the span a read can find anything in."""
         bounds = []
         for table in ("chunks", "open_chunks", "rollup_5m"):
             # Two statements: SQLite answers min() or max() of a rowid from the B-tree's edge, but not both at once.
@@ -823,39 +844,48 @@ class Store:
             if a is not None:
                 (b,) = conn.execute(f"SELECT max(id) FROM {table}").fetchone()
                 bounds.append((a >> _SID_BITS, b >> _SID_BITS))
+        return bounds
+
+    def _days(self, conn, lo: int, hi: int, head, stored: list[tuple[int, int]] | None = None) -> range:
+        """Days of [lo, hi) that can hold data: clamped to what the chunks, 5-minute rollups and head span."""
+        first, last = lo // DAY_MS, (hi - 1) // DAY_MS
+        bounds = list(self._stored_days(conn) if stored is None else stored)
         bounds += [(int(t.min()) // DAY_MS, int(t.max()) // DAY_MS) for t, _v in head if len(t)]
         if not bounds:
             return range(0)
         return range(max(first, min(b[0] for b in bounds)), min(last, max(b[1] for b in bounds)) + 1)
 
-    def _rows(self, conn, sid: int, lo: int, hi: int, step_ms: int, head) -> tuple[Rows, bool]:
+    def _rows(self, conn, sid: int, lo: int, hi: int, step_ms: int, head, stored=None) -> tuple[Rows, bool]:
         """Rollup rows (or samples as rows) of [lo, hi), and whether they are all raw samples."""
         head_parts = [(t, v) for t, v in head if len(t)]
-        days = self._days(conn, lo, hi, head_parts)
+        days = self._days(conn, lo, hi, head_parts, stored)
         head_days = set()
         for t, _v in head_parts:
             head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
-        rolled: dict[int, Rows] = {}
+        rolled: set[int] = set()
+        parts: list[Rows] = []
         if step_ms % HOUR_MS == 0:
-            blocks = sorted({d // BLOCK_DAYS for d in days})
+            blocks = range(days.start // BLOCK_DAYS, (days.stop - 1) // BLOCK_DAYS + 1) if days else range(0)
+            skip = np.array(sorted(head_days), np.int64)
             for rid, blob in self._fetch(conn, "rollup_1h", [_row_id(b, sid) for b in blocks]):
-                rows, mask = decode_rows(blob)
-                block = rid >> _SID_BITS
-                covered = [block * BLOCK_DAYS + i for i in range(BLOCK_DAYS) if mask >> i & 1]
-                covered = [d for d in covered if d in days and d not in head_days]
-                if covered:
-                    day_of_row = rows.ts // DAY_MS
-                    for d in covered:
-                        sel = day_of_row == d
-                        rolled[d] = Rows(*(getattr(rows, f)[sel] for f in ("ts", *Rows.FIELDS)))
+                rows, mask = self._decoded_rollups(rid, blob)
+                first_day = (rid >> _SID_BITS) * BLOCK_DAYS
+                block_days = first_day + _BLOCK_OFFSETS
+                wanted = ((mask >> _BLOCK_OFFSETS) & 1).astype(bool)
+                wanted &= (block_days >= days.start) & (block_days < days.stop)
+                if len(skip):
+                    wanted &= ~np.isin(block_days, skip)
+                if wanted.any():
+                    rolled.update((first_day + np.flatnonzero(wanted)).tolist())
+                    keep = wanted[rows.ts // DAY_MS - first_day]
+                    parts.append(rows if keep.all() else Rows(*(getattr(rows, f)[keep] for f in ("ts", *Rows.FIELDS))))
         need = [d for d in days if d not in rolled]
-        parts = list(rolled.values())
         if need:
             ts, values = self._samples(conn, sid, lo, hi, head_parts, days=need, rows_out=parts, step_ms=step_ms)
             parts.append(Rows.from_samples(ts, values))
         raw = len(parts) == 1 and not rolled
         rows = Rows.concat(parts)
-        if len(parts) > 1:
+        if len(parts) > 1 and not bool(np.all(rows.ts[1:] > rows.ts[:-1])):
             order = np.argsort(rows.ts, kind="stable")
             rows = Rows(*(getattr(rows, f)[order] for f in ("ts", *Rows.FIELDS)))
         return rows.between(lo, hi), raw
@@ -912,3 +942,82 @@ class Store:
         """Fold SQLite's WAL into the database file and return free pages (before measuring or snapshotting)."""
         self.conn.execute("PRAGMA incremental_vacuum")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # ----------------------------------------------------------------- durability hooks (roost.durability)
+
+    @classmethod
+    def open_readonly(cls, data_dir: Path | str) -> Store:
+        """Open a store that must not change (a snapshot being verified): no schema writes, no WAL recovery."""
+        store = cls(Path(data_dir), StoreOptions(), writer=False)
+        if not store.db_path.exists():
+            raise StoreError(f"{store.db_path}: no such file — this is not a roost store or snapshot")
+        try:
+            store.conn = _connect(store.db_path, readonly=True)
+            store._load_series()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{store.db_path}: cannot open the store read-only ({exc})") from None
+        return store
+
+    def wal_position(self) -> tuple[int, int]:
+        """(segment, byte offset) just past the last batch appended to the write-ahead log (writer only)."""
+        if self._segment is None:
+            raise StoreError("the store is closed")
+        return self._segment.seq, self._segment.size
+
+    def compacted_seq(self) -> int:
+        """The newest write-ahead log segment already moved into chunks (older segments are deleted)."""
+        return self._compacted_seq(self.conn)
+
+    def adopt_series(self, sid: int, series: Series) -> None:
+        """Register a series under the id another store gave it (a standby mirrors its primary's ids)."""
+        key = _series_key(series)
+        known = self._series_by_key.get(key)
+        if known == sid:
+            return
+        row = self.conn.execute("SELECT key FROM series WHERE id = ?", (sid,)).fetchone()
+        if known is not None or (row is not None and row[0] != key):
+            raise StoreError(
+                f"{self.data_dir}: series id {sid} is {row[0] if row else key!r} here but {key!r} on the primary: "
+                "this standby has diverged — resync it (`roost standby --resync`)"
+            )
+        try:
+            self.conn.execute(
+                "INSERT INTO series (id, key, metric, labels) VALUES (?, ?, ?, ?)",
+                (sid, key, series.metric, json.dumps(series.labels)),
+            )
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from None
+        self._load_series()
+
+
+GC_LOCK = "GC.LOCK"
+
+
+@contextlib.contextmanager
+def hold_data_files(data_dir: Path) -> Iterator[None]:
+    """Keep garbage collection (which deletes data files) from running while this is held; other processes too."""
+    fd = os.open(Path(data_dir) / GC_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _gc_permit(data_dir: Path) -> Iterator[bool]:
+    """True while no snapshot holds the data files (`hold_data_files`); never waits."""
+    try:
+        fd = os.open(data_dir / GC_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -39,6 +39,15 @@ class SourceSettings:
             if name in seen:
                 problems.append(f"{kind}: two sources are named {name!r} ({seen[name]} and {kind}): names must be unique")
             seen[name] = kind
+        urls: dict[str, str] = {}
+        for i, m in enumerate(self.modbus):
+            name = m.name or f"modbus[{i}]"
+            if m.url in urls:
+                problems.append(
+                    f"modbus[{i}].url: {m.url} is also the url of {urls[m.url]}: one connection per bus — "
+                    "list both sets of devices under one [[source.modbus]]"
+                )
+            urls[m.url] = name
         return problems
 
 

@@ -3,6 +3,10 @@
 Rooms lounge, bedroom and entry each report temperature (a diurnal cycle with a per-room offset), humidity (a
 random walk) and pressure (one slow variation shared by the house); an energy meter reports power in W and a
 kWh counter. History is backfilled straight into the store, then live readings flow every 15 s.
+
+The house is also a set of things (docs/things.md): lights "Lounge Lamp" (on, brightness, a `fade` action) and
+"Porch Light" (on), a "Kettle Plug" (on, read-only power) whose actuators simply take the value, and one read-only
+thing per room and for the meter whose properties follow the simulated series.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from roost.model import Reading, Series, now_ms
+from roost.things import ActionRequest, ActionSpec, PropertySpec, Thing
 
 log = logging.getLogger("roost.demo")
 
@@ -97,8 +102,72 @@ def backfill(store, house: House, span_ms: int, end_ms: int) -> int:
     return written
 
 
+KETTLE_WATTS = 2000.0
+_SENSORS = {  # series metric → (property, unit, @type)
+    "temperature_celsius": ("temperature", "degree celsius", "TemperatureProperty"),
+    "humidity_percent": ("humidity", "percent", "HumidityProperty"),
+    "pressure_hpa": ("pressure", "hectopascal", "BarometricPressureProperty"),
+    "power_watts": ("power", "watt", "InstantaneousPowerProperty"),
+    "energy_kwh_total": ("energy", "kilowatt hour", None),
+}
+
+
+def add_things(hub) -> None:
+    """Register the simulated house's things on the hub, their sensor values bound to the demo's series."""
+    things, latest = hub.things, hub.store.latest()
+
+    async def accept(name, value) -> None:  # a simulated device does what it is told
+        return None
+
+    on = PropertySpec("on", "boolean", title="On", at_type="OnOffProperty")
+    brightness = PropertySpec("brightness", "integer", title="Brightness", unit="percent", minimum=0, maximum=100,
+                              at_type="BrightnessProperty")
+    lamp = Thing("lounge-lamp", "Lounge Lamp", ("Light", "OnOffSwitch"), "A dimmable lamp (simulated)",
+                 {"on": on, "brightness": brightness}, actuator=accept, origin="demo",
+                 actions={"fade": ActionSpec("fade", "Fade", {
+                     "type": "object", "required": ["brightness", "duration"],
+                     "properties": {"brightness": {"type": "integer", "minimum": 0, "maximum": 100, "unit": "percent"},
+                                    "duration": {"type": "number", "minimum": 0, "maximum": 600_000, "unit": "milliseconds"}},
+                 }, "FadeAction")})
+
+    async def fade(request: ActionRequest) -> None:
+        start, target = lamp.values.get("brightness", 0), request.input["brightness"]
+        steps = max(1, min(20, int(request.input["duration"] // 100)))
+        for i in range(1, steps + 1):
+            await asyncio.sleep(request.input["duration"] / 1000 / steps)
+            things.report(lamp.id, "brightness", round(start + (target - start) * i / steps), origin=f"action:{request.name}")
+
+    lamp.performer = fade
+    porch = Thing("porch-light", "Porch Light", ("Light", "OnOffSwitch"), "A porch light (simulated)",
+                  {"on": on}, actuator=accept, origin="demo")
+
+    async def kettle_switch(name, value) -> None:
+        things.report("kettle-plug", "power", KETTLE_WATTS if value else 0.0)
+
+    kettle = Thing("kettle-plug", "Kettle Plug", ("SmartPlug", "OnOffSwitch", "EnergyMonitor"), "A metering plug (simulated)",
+                   {"on": on, "power": PropertySpec("power", "number", title="Power", unit="watt", read_only=True,
+                                                    at_type="InstantaneousPowerProperty")},
+                   actuator=kettle_switch, origin="demo")
+    for thing, values in ((lamp, {"on": False, "brightness": 60}), (porch, {"on": False}), (kettle, {"on": False, "power": 0.0})):
+        things.add(thing)
+        for name, value in values.items():
+            things.report(thing.id, name, value)
+
+    views = {room: (room.title(), {"room": room}, ("TemperatureSensor", "MultiLevelSensor")) for room in ROOMS}
+    views["energy-meter"] = ("Energy Meter", {"meter": "main"}, ("EnergyMonitor",))
+    for tid, (title, labels, types) in views.items():
+        bound = {s: _SENSORS[s.metric] for s in House.series() if s.label_dict == labels}
+        props = {p: PropertySpec(p, "number", title=p.title(), unit=unit, read_only=True, at_type=t) for p, unit, t in bound.values()}
+        things.add(Thing(tid, title, types, f"Simulated sensors ({', '.join(props)})", props, origin="demo"))
+        for series, (prop, _unit, _t) in bound.items():
+            hub.thing_service.feed.bind(series, tid, prop)
+            if series in latest:
+                things.report(tid, prop, latest[series][1], ts_ms=latest[series][0])
+
+
 async def run_live(hub, house: House, interval_ms: int = INTERVAL_MS) -> None:
-    """Publish one reading per series every interval, aligned to the interval grid."""
+    """Register the house's things, then publish one reading per series every interval, aligned to the interval grid."""
+    add_things(hub)
     while True:
         now = now_ms()
         next_tick = now - now % interval_ms + interval_ms

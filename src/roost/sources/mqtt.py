@@ -22,6 +22,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -331,6 +332,17 @@ class _Zigbee2Mqtt:
             return None
         return (self._state, rest)
 
+    def device_state(self, topic: str, payload: bytes) -> tuple[str, dict] | None:
+        """(friendly name, state object) if the message is a device's JSON state, for things; else None."""
+        route = self.route(topic)
+        if route is None or route[0] != self._state or not payload.startswith(b"{"):
+            return None
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return (route[1], obj) if isinstance(obj, dict) else None
+
     def series(self, device: str, metric: str) -> Series:
         key = (device, metric)
         series = self._series.get(key)
@@ -538,8 +550,9 @@ class MqttParser:
 
     def __init__(self, settings: MqttSettings):
         self._mappings: list = []
-        if settings.zigbee2mqtt is not None:
-            self._mappings.append(_Zigbee2Mqtt(settings.zigbee2mqtt))
+        self.zigbee2mqtt = _Zigbee2Mqtt(settings.zigbee2mqtt) if settings.zigbee2mqtt is not None else None
+        if self.zigbee2mqtt is not None:
+            self._mappings.append(self.zigbee2mqtt)
         self._mappings += [_ValueTopics(m) for m in settings.topics]
         self._mappings += [_JsonFields(m) for m in settings.json]
         self.filters = list(dict.fromkeys(f for m in self._mappings for f in m.filters))
@@ -590,6 +603,19 @@ class MqttSource(Source):
         self.client_id = settings.client_id or default_client_id(ctx.name)
         self._client: aiomqtt.Client | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        # Where zigbee2mqtt device states go besides readings: (friendly name, state object, ts_ms) → the things
+        # registry, which also keeps the non-numeric fields (ON/OFF, colour). Retained states count: they are current.
+        self.device_states: Callable[[str, dict, int], None] | None = None
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Send a command (zigbee2mqtt `<name>/set`); SourceError when the broker is not connected."""
+        client = self._client
+        if client is None:
+            raise SourceError(f"{self.settings.url}: not connected — cannot publish to {topic}")
+        try:
+            await client.publish(topic, payload, qos=self.settings.qos)
+        except aiomqtt.MqttError as err:
+            raise SourceError(f"{self.settings.url}: publishing to {topic} failed ({_reason(err)})") from None
 
     async def __aenter__(self) -> MqttSource:
         await self._connect()
@@ -676,10 +702,14 @@ class MqttSource(Source):
         assert self._client is not None
         messages = self._client.messages
         parse, ctx = self.parser.parse, self.ctx
+        states = self.parser.zigbee2mqtt if self.device_states is not None else None
         batch: list[Reading] = []
         try:
             async for message in messages:
-                readings, problems = parse(message.topic.value, message.payload, time.time_ns() // 1_000_000, message.retain)
+                ts_ms = time.time_ns() // 1_000_000
+                readings, problems = parse(message.topic.value, message.payload, ts_ms, message.retain)
+                if states is not None and (state := states.device_state(message.topic.value, message.payload)):
+                    self.device_states(*state, ts_ms)
                 if readings:
                     batch += readings
                 for problem in problems:

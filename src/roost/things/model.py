@@ -78,6 +78,44 @@ class ActionSpec:
     input: dict[str, Any] | None = None  # a JSON schema of the input
     at_type: str | None = None
 
+    def check_input(self, thing_id: str, value: Any) -> Any:
+        """The input if it fits the schema's type, required keys and property types/ranges; else ThingError."""
+        schema = self.input
+        where = f"thing {thing_id!r} action {self.name!r}"
+        if schema is None:
+            return value
+        if schema.get("type") != "object" or "properties" not in schema:
+            return PropertySpec(self.name, schema.get("type", "number"), minimum=schema.get("minimum"),
+                                maximum=schema.get("maximum"), enum=_tuple(schema.get("enum"))).check(thing_id, value)
+        if not isinstance(value, dict):
+            raise ThingError(f"{where}: expected an input object, got {value!r}")
+        missing = [k for k in schema.get("required", ()) if k not in value]
+        if missing:
+            raise ThingError(f"{where}: input lacks {', '.join(missing)}")
+        checked = dict(value)
+        for key, sub in schema["properties"].items():
+            if key in value:
+                spec = PropertySpec(key, sub.get("type", "number"), minimum=sub.get("minimum"),
+                                    maximum=sub.get("maximum"), enum=_tuple(sub.get("enum")))
+                try:
+                    checked[key] = spec.check(thing_id, value[key])
+                except ThingError as err:
+                    raise ThingError(f"{where}: input {str(err).split(': ', 1)[1]} (for {key!r})") from None
+        return checked
+
+    def description(self, href: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"title": self.title or self.name}
+        if self.input is not None:
+            d["input"] = self.input
+        if self.at_type is not None:
+            d["@type"] = self.at_type
+        d["links"] = [{"rel": "action", "href": href}]
+        return d
+
+
+def _tuple(values: Any) -> tuple[Any, ...] | None:
+    return tuple(values) if values is not None else None
+
 
 @dataclass(frozen=True, slots=True)
 class EventSpec:
@@ -87,9 +125,19 @@ class EventSpec:
     unit: str | None = None
     at_type: str | None = None
 
+    def description(self, href: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"title": self.title or self.name}
+        for key, value in (("type", self.type), ("unit", self.unit), ("@type", self.at_type)):
+            if value is not None:
+                d[key] = value
+        d["links"] = [{"rel": "event", "href": href}]
+        return d
+
 
 # Writes a property to the device; raises ThingError (or SourceError) when the device refuses.
 Actuator = Callable[[str, Any], Awaitable[None]]
+# Carries out an action request (its name and checked input); returning means completed, raising means failed.
+Performer = Callable[["ActionRequest"], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -105,6 +153,7 @@ class Thing:
     events: dict[str, EventSpec] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     actuator: Actuator | None = None
+    performer: Performer | None = None
     origin: str = "roost"  # which part of roost provides it: a source name, "demo", "webthing:<url>", "rules"
 
     def spec(self, name: str) -> PropertySpec:
@@ -125,6 +174,56 @@ class PropertyChange:
     new: Any
     ts_ms: int
     origin: str
+
+
+@dataclass(eq=False)
+class ActionRequest:
+    """One requested action and where it is in its life: created → pending → completed (or cancelled, failed)."""
+
+    id: str
+    thing_id: str
+    name: str
+    input: Any
+    origin: str
+    time_requested: str
+    status: str = "created"
+    time_completed: str | None = None
+    error: str | None = None
+
+    @property
+    def href(self) -> str:
+        return f"/things/{self.thing_id}/actions/{self.name}/{self.id}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "cancelled", "failed")
+
+    def description(self) -> dict[str, Any]:
+        """The Web Thing action status object (without the outer `{name: ...}`)."""
+        d: dict[str, Any] = {"href": self.href, "timeRequested": self.time_requested, "status": self.status}
+        if self.input is not None:
+            d["input"] = self.input
+        if self.time_completed is not None:
+            d["timeCompleted"] = self.time_completed
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class ThingEvent:
+    """Something happened on a thing (a button press, an overheat); `data` as the event description says."""
+
+    thing_id: str
+    name: str
+    data: Any
+    timestamp: str
+
+    def description(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"timestamp": self.timestamp}
+        if self.data is not None:
+            d["data"] = self.data
+        return d
 
 
 _NOT_IDENTIFIER = re.compile(r"[^0-9a-zA-Z_]")

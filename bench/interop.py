@@ -1,0 +1,157 @@
+"""roost's Prometheus API beside VictoriaMetrics' on the same data, and remote-write throughput into VictoriaMetrics.
+
+    .venv/bin/python bench/interop.py [--series 100] [--days 30] [--runs 5]
+
+Loads `workload.generate` (the reference house: 15 s samples) into a roost store (write_bulk) and into
+VictoriaMetrics (CSV import), starts `roost run` and `victoria-metrics -search.disableCache` on free 127.0.0.1
+ports, and times five dashboard queries through `/api/v1/query_range` over the last 7 and 30 days (median of
+--runs after one warm-up; the answers are checked to have the same series). Then it streams the 7 newest days
+of every series through roost's export path (disk buffer → WriteRequest → snappy → HTTP) into a fresh
+VictoriaMetrics and prints samples per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from prometheus_peers import Peer, VictoriaMetrics, free_port  # noqa: E402
+from workload import T0, generate  # noqa: E402
+
+from roost.export import DiskBuffer  # noqa: E402
+from roost.export.prompb import HEADERS, encode_write_request  # noqa: E402
+from roost.model import Reading, Series  # noqa: E402
+from roost.store import Store, StoreOptions  # noqa: E402
+
+QUERIES = [
+    ('avg_over_time(temperature_celsius{room="room_00"}[10m])', "one room, smoothed"),
+    ("max by (room) (max_over_time(temperature_celsius[1h]))", "every room's hourly max"),
+    ("rate(energy_kwh_total[1h]) * 3600", "power from the energy counters"),
+    ("avg(humidity_percent)", "house average"),
+    ("sum(increase(energy_kwh_total[1d]))", "daily energy of the house"),
+]
+WINDOWS = [("7d", 7, 600), ("30d", 30, 3600)]  # (name, days, step seconds): ~1000 and ~720 points
+
+
+def load(days: int, n_series: int, work: Path, vm: VictoriaMetrics) -> int:
+    store = Store.open(work / "roost", StoreOptions(fsync=False), writer=True)
+    total = 0
+    try:
+        for metric, labels, ts, values in generate(n_series=n_series, days=days):
+            ms = ts * 1000
+            store.write_bulk(Series.of(metric, labels), ms, values)
+            (key, value), = labels.items()
+            fmt = f"1:metric:{metric},2:time:unix_ms,3:label:{key}"
+            rows = "\n".join(f"{v!r},{t},{value}" for v, t in zip(values.tolist(), ms.tolist()))
+            req = urllib.request.Request(vm.url + "/api/v1/import/csv?" + urllib.parse.urlencode({"format": fmt}),
+                                         data=rows.encode())
+            urllib.request.urlopen(req, timeout=300).read()
+            total += len(ts)
+        store.compact()
+    finally:
+        store.close()
+    vm.flush()
+    return total
+
+
+def query_range(url: str, query: str, start: float, end: float, step: int) -> tuple[float, list]:
+    params = urllib.parse.urlencode({"query": query, "start": start, "end": end, "step": step})
+    t = time.perf_counter()
+    with urllib.request.urlopen(f"{url}/api/v1/query_range?{params}", timeout=300) as resp:
+        body = json.loads(resp.read())
+    elapsed = time.perf_counter() - t
+    assert body["status"] == "success", body
+    return elapsed, body["data"]["result"]
+
+
+def time_queries(roost_url: str, vm_url: str, days_loaded: int, runs: int) -> list[tuple]:
+    end = T0 + days_loaded * 86_400
+    rows = []
+    for name, days, step in WINDOWS:
+        if days > days_loaded:
+            continue
+        start = end - days * 86_400
+        for query, what in QUERIES:
+            timings = {}
+            for peer, url in (("roost", roost_url), ("vm", vm_url)):
+                _t, result = query_range(url, query, start, end, step)  # warm-up
+                timings[peer] = statistics.median(query_range(url, query, start, end, step)[0] for _ in range(runs))
+                timings[peer + "_series"] = len(result)
+            assert timings["roost_series"] == timings["vm_series"], (query, timings)
+            rows.append((name, query, what, timings["roost"], timings["vm"]))
+    return rows
+
+
+async def remote_write_throughput(readings: list[Reading], url: str, work: Path, batch: int = 2000) -> float:
+    import aiohttp
+
+    buf = DiskBuffer(work / "export-bench", 1024**3)
+    for i in range(0, len(readings), 10_000):
+        buf.append(readings[i : i + 10_000])
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        while (b := buf.read(batch)).readings:
+            async with session.post(url, data=encode_write_request(b.readings, {"site": "bench"}), headers=HEADERS) as r:
+                assert r.status // 100 == 2, await r.text()
+            buf.ack(b.end)
+    elapsed = time.perf_counter() - started
+    buf.close()
+    return len(readings) / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--series", type=int, default=100)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="roost-interop-") as tmp:
+        work = Path(tmp)
+        vm = VictoriaMetrics(work / "vm")
+        hub = None
+        try:
+            t = time.perf_counter()
+            samples = load(args.days, args.series, work, vm)
+            print(f"loaded {samples:,} samples ({args.series} series, {args.days} d) into both in {time.perf_counter() - t:.0f} s")
+            port = free_port()
+            hub = Peer([str(ROOT / ".venv/bin/roost"), "run", "--data", str(work / "roost"), "--listen", f"127.0.0.1:{port}"],
+                       port, work / "hub.log", "/healthz")
+            rows = time_queries(hub.url, vm.url, args.days, args.runs)
+        finally:
+            if hub is not None:
+                hub.stop()
+            vm.stop()
+        print(f"\n{'range':5} {'query':58} {'roost ms':>9} {'VM ms':>8} {'roost/VM':>8}")
+        for name, query, _what, r, v in rows:
+            print(f"{name:5} {query:58} {r * 1000:9.1f} {v * 1000:8.1f} {r / v:8.2f}")
+        # remote write: the newest 7 days of every series through the export path
+        readings = []
+        for metric, labels, ts, values in generate(n_series=args.series, days=7):
+            series = Series.of(metric, labels)
+            readings += [Reading(series, t * 1000, v) for t, v in zip(ts.tolist(), values.tolist())]
+        vm2 = VictoriaMetrics(work / "vm2")
+        try:
+            rate = asyncio.run(remote_write_throughput(readings, vm2.url + "/api/v1/write", work))
+            vm2.flush()
+            got = json.loads(urllib.request.urlopen(vm2.url + "/api/v1/series/count").read())["data"]
+        finally:
+            vm2.stop()
+        print(f"\nremote write into VictoriaMetrics: {len(readings):,} samples at {rate:,.0f} samples/s "
+              f"({got} series there); the reference workload needs {args.series / 15:.1f} samples/s")
+
+
+if __name__ == "__main__":
+    main()

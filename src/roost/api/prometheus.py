@@ -1,0 +1,343 @@
+"""roost as Prometheus sees it: `/metrics`, the HTTP query API (`/api/v1/...`) and remote write in.
+
+Routes (docs/prometheus.md, docs/remote-write.md):
+  GET       /metrics                        latest value of every series, and roost's own health
+  GET|POST  /api/v1/query                   instant query             query=, time=
+  GET|POST  /api/v1/query_range             range query               query=, start=, end=, step=
+  GET|POST  /api/v1/series                  series of match[] selectors
+  GET|POST  /api/v1/labels                  label names               match[] optional
+  GET       /api/v1/label/{name}/values     values of one label       match[] optional
+  GET       /api/v1/status/buildinfo        what Grafana asks to tell Prometheus flavours apart
+  POST      /api/v1/write                   Prometheus remote write (snappy protobuf), acknowledged once durable
+
+Responses have Prometheus' shapes: `{"status": "success", "data": ...}`, sample values as strings, timestamps
+as float seconds, and errors `{"status": "error", "errorType": "bad_data"|"execution", "error": ...}` with 400
+or 422, so Grafana's Prometheus data source and `promtool query` work unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+from aiohttp import web
+from prometheus_client import Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from roost import __version__, promql
+from roost.durations import parse_duration_ms
+from roost.errors import RoostError, StoreFullError
+from roost.export.prompb import WireError, decode_write_request
+from roost.model import now_ms
+from roost.promql import BadData, PromQLError, RawMatrix, Vector
+from roost.selector import Selector
+
+if TYPE_CHECKING:
+    from roost.hub import Hub
+
+__all__ = ["add_prometheus_routes", "exposition", "format_value"]
+
+MAX_WRITE_BYTES = 32 * 1024 * 1024  # decoded; Prometheus sends a few hundred KB per request
+_RATE_WINDOW_S = 60.0
+
+
+def add_prometheus_routes(app: web.Application, hub: Hub) -> None:
+    """Serve /metrics, the /api/v1 query endpoints and remote write for `hub` on `app`."""
+    api = _PrometheusApi(hub)
+    app.router.add_get("/metrics", api.metrics)
+    for path, handler in (
+        ("/api/v1/query", api.query),
+        ("/api/v1/query_range", api.query_range),
+        ("/api/v1/series", api.series),
+        ("/api/v1/labels", api.labels),
+    ):
+        app.router.add_get(path, handler)
+        app.router.add_post(path, handler)
+    app.router.add_get("/api/v1/label/{name}/values", api.label_values)
+    app.router.add_get("/api/v1/status/buildinfo", api.buildinfo)
+    app.router.add_post("/api/v1/write", api.remote_write)
+
+
+# ---------------------------------------------------------------------- values and responses
+
+
+def format_value(v: float) -> str:
+    """A sample value as Prometheus writes it (Go's FormatFloat 'f', -1): shortest exact digits, no exponent."""
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    text = repr(v)
+    if "e" in text:
+        return np.format_float_positional(v, trim="-")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _success(data: object) -> web.Response:
+    return web.Response(body=orjson.dumps({"status": "success", "data": data}), content_type="application/json")
+
+
+def _failure(err: PromQLError) -> web.Response:
+    body = {"status": "error", "errorType": err.error_type, "error": str(err)}
+    return web.Response(body=orjson.dumps(body), status=err.status, content_type="application/json")
+
+
+def _metric(labels) -> dict[str, str]:
+    return dict(labels)
+
+
+def _parse_time(name: str, text: str) -> int:
+    """Epoch seconds (with a fraction) or RFC 3339, as Prometheus accepts them; ms."""
+    try:
+        return int(round(float(text) * 1000))
+    except ValueError:
+        pass
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        raise BadData(f'invalid parameter "{name}": cannot parse "{text}" to a valid timestamp') from None
+
+
+def _parse_step(text: str) -> int:
+    try:
+        return int(round(float(text) * 1000))
+    except ValueError:
+        pass
+    try:
+        return parse_duration_ms(text)
+    except ValueError:
+        raise BadData(f'invalid parameter "step": cannot parse "{text}" to a valid duration') from None
+
+
+async def _params(request: web.Request):
+    """Query string and form body together, as Prometheus reads them (promtool and Grafana POST forms)."""
+    params = request.query.copy()
+    if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
+        params.extend(await request.post())
+    return params
+
+
+# ---------------------------------------------------------------------- the API
+
+
+class _PrometheusApi:
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self._rate = Gauge(
+            "roost_readings_per_second",
+            "Readings stored per second over about the last minute (between scrapes).",
+            registry=hub.metrics.registry,
+        )
+        self._published: deque[tuple[float, int]] = deque()
+
+    def _read(self, selector: Selector, start_ms: int, end_ms: int):
+        return self.hub.store.read(selector, start_ms, end_ms)
+
+    # ------------------------------------------------------------------ queries
+
+    async def query(self, request: web.Request) -> web.Response:
+        try:
+            params = await _params(request)
+            text = params.get("query", "")
+            t = _parse_time("time", params["time"]) if params.get("time") else now_ms()
+            result = promql.evaluate(self._read, text, t, t, 1000)
+        except PromQLError as err:
+            return _failure(err)
+        seconds = t / 1000
+        if isinstance(result, np.ndarray):
+            return _success({"resultType": "scalar", "result": [seconds, format_value(float(result[0]))]})
+        if isinstance(result, RawMatrix):
+            out = [
+                {"metric": _metric(lb), "values": [[ms / 1000, format_value(v)] for ms, v in zip(ts.tolist(), vs.tolist())]}
+                for lb, ts, vs in result.series
+            ]
+            return _success({"resultType": "matrix", "result": out})
+        out = [
+            {"metric": _metric(lb), "value": [seconds, format_value(float(result.values[i, 0]))]}
+            for i, lb in enumerate(result.labels)
+            if result.present[i, 0]
+        ]
+        return _success({"resultType": "vector", "result": out})
+
+    async def query_range(self, request: web.Request) -> web.Response:
+        try:
+            params = await _params(request)
+            for name in ("start", "end", "step"):
+                if not params.get(name):
+                    raise BadData(f'invalid parameter "{name}": missing')
+            start = _parse_time("start", params["start"])
+            end = _parse_time("end", params["end"])
+            step = _parse_step(params["step"])
+            text = params.get("query", "")
+            result = promql.evaluate(self._read, text, start, end, step)
+            if isinstance(result, RawMatrix):
+                raise BadData(f"invalid expression type \"range vector\" for range query, must be Scalar or instant Vector")
+        except PromQLError as err:
+            return _failure(err)
+        steps = [t / 1000 for t in range(start, end + 1, step)]
+        if isinstance(result, np.ndarray):
+            result = Vector([()], result[None, :], np.ones((1, len(steps)), bool))
+        return _success({"resultType": "matrix", "result": _matrix(result, steps)})
+
+    # ------------------------------------------------------------------ metadata
+
+    def _selectors(self, params, required: bool) -> list[Selector] | None:
+        texts = params.getall("match[]", [])
+        if not texts:
+            if required:
+                raise BadData("no match[] parameter provided")
+            return None
+        out = []
+        for text in texts:
+            try:
+                out.append(Selector.parse(text))
+            except RoostError as err:
+                raise BadData(f'invalid parameter "match[]": {err}') from None
+        return out
+
+    def _matching(self, selectors: list[Selector] | None):
+        seen = {}
+        for selector in selectors or [None]:
+            for sid, series in self.hub.store.series(selector):
+                seen[sid] = series
+        return list(seen.values())
+
+    async def series(self, request: web.Request) -> web.Response:
+        try:
+            selectors = self._selectors(await _params(request), required=True)
+        except PromQLError as err:
+            return _failure(err)
+        return _success([{"__name__": s.metric, **s.label_dict} for s in self._matching(selectors)])
+
+    async def labels(self, request: web.Request) -> web.Response:
+        try:
+            selectors = self._selectors(await _params(request), required=False)
+        except PromQLError as err:
+            return _failure(err)
+        names = {"__name__"}
+        for s in self._matching(selectors):
+            names.update(k for k, _v in s.labels)
+        return _success(sorted(names))
+
+    async def label_values(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            selectors = self._selectors(request.query, required=False)
+        except PromQLError as err:
+            return _failure(err)
+        values = set()
+        for s in self._matching(selectors):
+            value = s.metric if name == "__name__" else s.label_dict.get(name)
+            if value:
+                values.add(value)
+        return _success(sorted(values))
+
+    async def buildinfo(self, request: web.Request) -> web.Response:
+        return _success({"version": "2.42.0", "revision": f"roost-{__version__}", "branch": "", "buildUser": "",
+                         "buildDate": "", "goVersion": ""})
+
+    # ------------------------------------------------------------------ /metrics
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        hub = self.hub
+        hub.refresh_gauges()
+        self._rate.set(self._readings_per_second())
+        own = generate_latest(hub.metrics.registry)
+        body = own + exposition(hub.store.latest(), _family_names(own)).encode()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _readings_per_second(self) -> float:
+        now, published = time.monotonic(), self.hub.bus.published
+        history = self._published
+        history.append((now, published))
+        while len(history) > 2 and now - history[1][0] >= _RATE_WINDOW_S:
+            history.popleft()
+        if len(history) < 2:  # the first scrape: the average since the hub started
+            elapsed = max(time.time() - self.hub.started_at, 1e-3)
+            return published / elapsed
+        (t0, n0) = history[0]
+        return (published - n0) / max(now - t0, 1e-3)
+
+    # ------------------------------------------------------------------ remote write in
+
+    async def remote_write(self, request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_WRITE_BYTES:
+            return web.Response(status=413, text=f"body over {MAX_WRITE_BYTES} bytes: lower max_samples_per_send")
+        body = await request.read()
+        try:
+            decoded = await asyncio.to_thread(decode_write_request, body)
+        except WireError as err:
+            return web.Response(status=400, text=f"{err}: send remote-write 1.0 (snappy-compressed protobuf)")
+        for problem in decoded.invalid:
+            self.hub.metrics.reject(problem.reason, f"{request.remote}:remote_write", f"{request.remote}: {problem}")
+        try:
+            await self.hub.ingest(decoded.readings)
+        except StoreFullError as err:
+            # 5xx: Prometheus keeps the samples and retries
+            return web.Response(status=507, text=f"{err} — nothing of this request was stored", headers={"Retry-After": "30"})
+        if decoded.invalid:
+            shown = "; ".join(str(e) for e in decoded.invalid[:10])
+            return web.Response(
+                status=400,
+                text=f"{len(decoded.invalid)} sample(s) refused, {len(decoded.readings)} stored (do not resend): {shown}",
+            )
+        return web.Response(status=204)
+
+
+def _matrix(vec: Vector, steps: list[float]) -> list[dict]:
+    out = []
+    for i, lb in enumerate(vec.labels):
+        present = vec.present[i]
+        idx = np.flatnonzero(present).tolist()
+        if not idx:
+            continue
+        values = vec.values[i].tolist()
+        out.append({"metric": _metric(lb), "values": [[steps[j], format_value(values[j])] for j in idx]})
+    return out
+
+
+# ---------------------------------------------------------------------- text exposition of stored series
+
+
+def _family_names(own: bytes) -> set[str]:
+    """Metric names roost's own families use (HELP/TYPE names and sample names such as *_created)."""
+    names = set()
+    for line in own.decode().splitlines():
+        if line.startswith("# "):
+            names.add(line.split(" ", 3)[2])
+        elif line:
+            names.add(line.split("{", 1)[0].split(" ", 1)[0])
+    return names
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def exposition(latest: dict, reserved: set[str]) -> str:
+    """The latest value of every stored series in the text format, one family per metric name.
+
+    Names ending in `_total` are typed counter, all others gauge (what promtool expects of those names). A
+    stored series whose name roost's own metrics use (`roost_readings_total`, ...) is left out: two families
+    of one name would make the whole scrape fail. No timestamps: the scrape time is the sample time, as for
+    any exporter, so Prometheus applies its usual staleness.
+    """
+    families: dict[str, list[str]] = {}
+    for series, (_ts, value) in latest.items():
+        name = series.metric
+        if name in reserved:
+            continue
+        labels = ",".join(f'{k}="{_escape(v)}"' for k, v in series.labels)
+        families.setdefault(name, []).append(f"{name}{{{labels}}} {format_value(value)}" if labels else f"{name} {format_value(value)}")
+    out = []
+    for name in sorted(families):
+        kind = "counter" if name.endswith("_total") else "gauge"
+        out.append(f"# HELP {name} Latest value stored by roost.\n# TYPE {name} {kind}\n")
+        out.append("\n".join(sorted(families[name])) + "\n")
+    return "".join(out)

@@ -1,0 +1,416 @@
+"""Evaluate a PromQL subset over a whole range at once, with numpy over each series' raw samples.
+
+An instant vector over a range query is a `Vector`: one row per output series, one column per step, and a
+presence mask (a series can be absent at some steps). Every operator works on those 2-D arrays, so the cost
+per query is a few numpy calls per series, never a Python loop over samples or steps.
+
+Semantics are Prometheus 2.42's (the version Debian 12 ships, which the tests compare against sample by
+sample): range windows `[t - range, t]` closed at both ends, instant selectors take the newest sample in
+`[t - 5m, t]` (no staleness markers: roost does not write them), `rate`/`increase`/`delta` extrapolate as
+Prometheus' `extrapolatedRate` does, including counter resets and the zero-point clamp, and functions and
+arithmetic drop `__name__` except `last_over_time` and filtering comparisons. Prometheus 3 and VictoriaMetrics
+open windows on the left; see docs/prometheus.md.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from roost.promql import ast
+from roost.promql.errors import BadData, ExecutionError
+from roost.selector import Selector
+from roost.store import SeriesData
+
+LOOKBACK_MS = 5 * 60_000
+MAX_STEPS = 11_000  # Prometheus' limit of points per series in one range query
+
+Labels = tuple[tuple[str, str], ...]  # sorted, with ("__name__", metric) while the name is kept
+Reader = Callable[[Selector, int, int], Iterable[SeriesData]]  # Store.read: samples with start <= ts < end
+
+
+@dataclass(slots=True)
+class Vector:
+    """An instant vector at every step of a query: `values[i, j]` counts only where `present[i, j]`."""
+
+    labels: list[Labels]
+    values: np.ndarray  # (series, steps) float64
+    present: np.ndarray  # (series, steps) bool
+
+    @classmethod
+    def empty(cls, steps: int) -> Vector:
+        return cls([], np.empty((0, steps)), np.empty((0, steps), bool))
+
+
+@dataclass(slots=True)
+class RawMatrix:
+    """The answer to an instant query for a bare range selector (`x[5m]`): raw samples per series."""
+
+    series: list[tuple[Labels, np.ndarray, np.ndarray]]
+
+
+Value = Vector | np.ndarray | RawMatrix  # a scalar is a 1-D array, one value per step
+
+
+def series_labels(data: SeriesData) -> Labels:
+    return tuple(sorted((("__name__", data.series.metric), *data.series.labels)))
+
+
+def _drop_name(labels: Labels) -> Labels:
+    return tuple(kv for kv in labels if kv[0] != "__name__")
+
+
+def _label_text(labels: Labels) -> str:
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in labels) + "}"
+
+
+class Evaluator:
+    """Evaluates one parsed query at the steps `start_ms, start_ms + step_ms, ... <= end_ms`."""
+
+    def __init__(self, read: Reader, start_ms: int, end_ms: int, step_ms: int):
+        if step_ms <= 0:
+            raise BadData("zero or negative query resolution step widths are not accepted. Try a positive integer")
+        if end_ms < start_ms:
+            raise BadData("end timestamp must not be before start time")
+        if (end_ms - start_ms) // step_ms + 1 > MAX_STEPS:
+            raise BadData(
+                f"exceeded maximum resolution of {MAX_STEPS:,} points per timeseries. "
+                "Try decreasing the query resolution (?step=XX)"
+            )
+        self.read = read
+        self.steps = np.arange(start_ms, end_ms + 1, step_ms, dtype=np.int64)
+
+    def eval(self, node: ast.Node) -> Value:
+        if isinstance(node, ast.Number):
+            return np.full(len(self.steps), node.value)
+        if isinstance(node, ast.VectorSelector):
+            return self._vector_selector(node)
+        if isinstance(node, ast.MatrixSelector):
+            return self._raw_matrix(node)
+        if isinstance(node, ast.RangeCall):
+            return self._range_call(node)
+        if isinstance(node, ast.Aggregate):
+            return self._aggregate(node)
+        if isinstance(node, ast.Binary):
+            return self._binary(node)
+        if isinstance(node, ast.Negation):
+            inner = self.eval(node.expr)
+            if isinstance(inner, np.ndarray):
+                return -inner
+            return _merge_same_labels(Vector([_drop_name(lb) for lb in inner.labels], -inner.values, inner.present))
+        raise BadData(f"unsupported expression {node}")
+
+    # ------------------------------------------------------------------ selectors
+
+    def _samples(self, vs: ast.VectorSelector, back_ms: int) -> Iterable[SeriesData]:
+        lo = int(self.steps[0]) - vs.offset_ms - back_ms
+        hi = int(self.steps[-1]) - vs.offset_ms
+        return self.read(vs.selector, lo, hi + 1)
+
+    def _vector_selector(self, vs: ast.VectorSelector) -> Vector:
+        ref = self.steps - vs.offset_ms
+        labels, rows, masks = [], [], []
+        for data in self._samples(vs, LOOKBACK_MS):
+            idx = np.searchsorted(data.ts, ref, "right") - 1
+            safe = np.maximum(idx, 0)
+            ok = (idx >= 0) & (data.ts[safe] >= ref - LOOKBACK_MS)
+            if ok.any():
+                labels.append(series_labels(data))
+                rows.append(data.values[safe])
+                masks.append(ok)
+        return _stack(labels, rows, masks, len(self.steps))
+
+    def _raw_matrix(self, ms: ast.MatrixSelector) -> RawMatrix:
+        t = int(self.steps[-1]) - ms.vector.offset_ms
+        out = []
+        for data in self._samples(ms.vector, ms.range_ms):
+            keep = (data.ts >= t - ms.range_ms) & (data.ts <= t)
+            if keep.any():
+                out.append((series_labels(data), data.ts[keep], data.values[keep]))
+        return RawMatrix(out)
+
+    # ------------------------------------------------------------------ range functions
+
+    def _range_call(self, call: ast.RangeCall) -> Vector:
+        ms = call.arg
+        ref = self.steps - ms.vector.offset_ms
+        labels, rows, masks = [], [], []
+        for data in self._samples(ms.vector, ms.range_ms):
+            lo = np.searchsorted(data.ts, ref - ms.range_ms, "left")  # closed on the left, as Prometheus 2.x
+            hi = np.searchsorted(data.ts, ref, "right")
+            values, ok = _RANGE[call.func](data.ts, data.values, lo, hi, ref, ms.range_ms)
+            if ok.any():
+                lb = series_labels(data)
+                labels.append(lb if call.func == "last_over_time" else _drop_name(lb))
+                rows.append(values)
+                masks.append(ok)
+        if len(set(labels)) != len(labels):
+            raise ExecutionError("vector cannot contain metrics with the same labelset")
+        return _stack(labels, rows, masks, len(self.steps))
+
+    # ------------------------------------------------------------------ aggregation
+
+    def _aggregate(self, agg: ast.Aggregate) -> Vector:
+        vec = self.eval(agg.expr)
+        if not isinstance(vec, Vector):
+            raise BadData(f"{agg.op}() expects an instant vector, got a scalar")
+        if not vec.labels:
+            return vec
+        wanted = set(agg.labels)
+        groups: dict[Labels, list[int]] = defaultdict(list)
+        for i, lb in enumerate(vec.labels):
+            if agg.without:
+                key = tuple(kv for kv in lb if kv[0] not in wanted and kv[0] != "__name__")
+            else:
+                key = tuple(kv for kv in lb if kv[0] in wanted)
+            groups[key].append(i)
+        order = np.concatenate([np.asarray(rows, np.intp) for rows in groups.values()])
+        starts = np.cumsum([0] + [len(rows) for rows in groups.values()])[:-1]
+        v, p = vec.values[order], vec.present[order]
+        count = np.add.reduceat(p.astype(np.int64), starts, axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if agg.op == "count":
+                out = count.astype(np.float64)
+            elif agg.op in ("sum", "avg"):
+                out = np.add.reduceat(np.where(p, v, 0.0), starts, axis=0)
+                if agg.op == "avg":
+                    out = out / count
+            elif agg.op == "min":
+                out = np.fmin.reduceat(np.where(p, v, np.inf), starts, axis=0)
+            else:
+                out = np.fmax.reduceat(np.where(p, v, -np.inf), starts, axis=0)
+        return Vector(list(groups), out, count > 0)
+
+    # ------------------------------------------------------------------ binary operators
+
+    def _binary(self, b: ast.Binary) -> Value:
+        lhs, rhs = self.eval(b.lhs), self.eval(b.rhs)
+        comparison = b.op in ast.COMPARISONS
+        if isinstance(lhs, np.ndarray) and isinstance(rhs, np.ndarray):
+            out = _OPS[b.op](lhs, rhs)
+            return out.astype(np.float64) if comparison else out
+        if isinstance(lhs, np.ndarray) or isinstance(rhs, np.ndarray):
+            return _vector_scalar(b, lhs, rhs)
+        return _vector_vector(b, lhs, rhs)
+
+
+def _vector_scalar(b: ast.Binary, lhs: Value, rhs: Value) -> Vector:
+    vec, scalar_left = (rhs, True) if isinstance(lhs, np.ndarray) else (lhs, False)
+    scalar = (lhs if scalar_left else rhs)[None, :]
+    with np.errstate(all="ignore"):
+        result = _OPS[b.op](scalar, vec.values) if scalar_left else _OPS[b.op](vec.values, scalar)
+    if b.op in ast.ARITHMETIC:
+        return _merge_same_labels(Vector([_drop_name(lb) for lb in vec.labels], result, vec.present))
+    if b.return_bool:
+        return _merge_same_labels(Vector([_drop_name(lb) for lb in vec.labels], result.astype(np.float64), vec.present))
+    # A filter keeps the vector's own value, also when the scalar is on the left.
+    return _compact(Vector(list(vec.labels), vec.values, vec.present & result))
+
+
+def _signature(labels: Labels, b: ast.Binary) -> Labels:
+    if b.on is not None:
+        return tuple(kv for kv in labels if kv[0] in b.on)
+    return tuple(kv for kv in labels if kv[0] != "__name__" and kv[0] not in b.ignoring)
+
+
+def _vector_vector(b: ast.Binary, lhs: Vector, rhs: Vector) -> Vector:
+    steps = lhs.values.shape[1]
+    right: dict[Labels, list[int]] = defaultdict(list)
+    for j, lb in enumerate(rhs.labels):
+        right[_signature(lb, b)].append(j)
+    rv = np.zeros((len(right), steps))
+    rp = np.zeros((len(right), steps), bool)
+    row_of: dict[Labels, int] = {}
+    for r, (sig, rows) in enumerate(right.items()):
+        row_of[sig] = r
+        if len(rows) > 1 and (rhs.present[rows].sum(axis=0) > 1).any():
+            raise ExecutionError(
+                f"found duplicate series for the match group {_label_text(sig)} on the right hand-side of the "
+                "operation; many-to-many matching not allowed: matching labels must be unique on one side"
+            )
+        for j in rows:
+            rv[r] = np.where(rhs.present[j], rhs.values[j], rv[r])
+            rp[r] |= rhs.present[j]
+    matched = [(i, row_of[sig]) for i, lb in enumerate(lhs.labels) if (sig := _signature(lb, b)) in row_of]
+    if not matched:
+        return Vector.empty(steps)
+    li = np.array([i for i, _r in matched], np.intp)
+    ri = np.array([r for _i, r in matched], np.intp)
+    lv, rvals = lhs.values[li], rv[ri]
+    present = lhs.present[li] & rp[ri]
+    per_match = defaultdict(list)
+    for k, (_i, r) in enumerate(matched):
+        per_match[r].append(k)
+    for rows in per_match.values():
+        if len(rows) > 1 and (present[rows].sum(axis=0) > 1).any():
+            raise ExecutionError("multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)")
+    with np.errstate(all="ignore"):
+        result = _OPS[b.op](lv, rvals)
+    comparison = b.op in ast.COMPARISONS
+    if comparison and not b.return_bool:
+        values, present = lv, present & result
+    else:
+        values = result.astype(np.float64)
+    drop_name = not comparison or b.return_bool
+    labels = []
+    for i, _r in matched:
+        lb = lhs.labels[i]
+        if b.on is not None:
+            lb = tuple(kv for kv in lb if kv[0] in b.on)
+        else:
+            lb = tuple(kv for kv in lb if kv[0] not in b.ignoring)
+        labels.append(_drop_name(lb) if drop_name else lb)
+    return _merge_same_labels(_compact(Vector(labels, values, present)))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _stack(labels: list[Labels], rows: list[np.ndarray], masks: list[np.ndarray], steps: int) -> Vector:
+    if not rows:
+        return Vector.empty(steps)
+    return Vector(labels, np.vstack(rows), np.vstack(masks))
+
+
+def _compact(vec: Vector) -> Vector:
+    """Drop series that are absent at every step."""
+    keep = vec.present.any(axis=1)
+    if keep.all():
+        return vec
+    idx = np.flatnonzero(keep)
+    return Vector([vec.labels[i] for i in idx], vec.values[idx], vec.present[idx])
+
+
+def _merge_same_labels(vec: Vector) -> Vector:
+    """Series that became equal (a dropped name) merge; present at the same step they are an error, as in Prometheus."""
+    if len(set(vec.labels)) == len(vec.labels):
+        return vec
+    groups: dict[Labels, list[int]] = defaultdict(list)
+    for i, lb in enumerate(vec.labels):
+        groups[lb].append(i)
+    values = np.zeros((len(groups), vec.values.shape[1]))
+    present = np.zeros(values.shape, bool)
+    for g, rows in enumerate(groups.values()):
+        if len(rows) > 1 and (vec.present[rows].sum(axis=0) > 1).any():
+            raise ExecutionError("vector cannot contain metrics with the same labelset")
+        for i in rows:
+            values[g] = np.where(vec.present[i], vec.values[i], values[g])
+            present[g] |= vec.present[i]
+    return Vector(list(groups), values, present)
+
+
+def _window_reduce(ufunc: np.ufunc, a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """`ufunc.reduce(a[lo[i]:hi[i]])` for every i (in C, one pass); garbage where the window is empty."""
+    ext = np.append(a, a[-1:])  # so that an index equal to len(a) is still valid
+    idx = np.empty(2 * len(lo), np.intp)
+    idx[0::2], idx[1::2] = lo, hi
+    return ufunc.reduceat(ext, idx)[0::2]
+
+
+def _over_time(kind: str):
+    def fn(ts, v, lo, hi, _ref, _range):
+        n = hi - lo
+        ok = n > 0
+        if not len(v):
+            return np.zeros(len(lo)), ok
+        if kind == "count":
+            return n.astype(np.float64), ok
+        if kind == "last":
+            return v[np.maximum(hi - 1, 0)], ok
+        if kind == "min":
+            return _window_reduce(np.minimum, v, lo, hi), ok
+        if kind == "max":
+            return _window_reduce(np.maximum, v, lo, hi), ok
+        total = _window_reduce(np.add, v, lo, hi)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (total / n if kind == "avg" else total), ok
+
+    return fn
+
+
+def _extrapolated_rate(is_counter: bool, is_rate: bool):
+    """Prometheus' extrapolatedRate (promql/functions.go), one numpy expression per step of the original."""
+
+    def fn(ts, v, lo, hi, ref, range_ms):
+        n = hi - lo
+        ok = n >= 2
+        out = np.zeros(len(lo))
+        if not ok.any():
+            return out, ok
+        lo, hi, n, ref = lo[ok], hi[ok], n[ok], ref[ok]
+        first_t, last_t = ts[lo], ts[hi - 1]
+        first_v, last_v = v[lo], v[hi - 1]
+        result = last_v - first_v
+        if is_counter:
+            # a drop between consecutive samples is a reset: the counter restarted from zero
+            prev = np.concatenate(([0.0], v[:-1]))
+            resets = np.where(np.concatenate(([False], v[1:] < v[:-1])), prev, 0.0)
+            result = result + _window_reduce(np.add, resets, lo + 1, hi)
+        range_start = ref - range_ms
+        duration_to_start = (first_t - range_start) / 1000
+        duration_to_end = (ref - last_t) / 1000
+        sampled = (last_t - first_t) / 1000
+        average = sampled / (n - 1)
+        if is_counter:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                to_zero = sampled * (first_v / result)
+            clamp = (result > 0) & (first_v >= 0) & (to_zero < duration_to_start)
+            duration_to_start = np.where(clamp, to_zero, duration_to_start)
+        threshold = average * 1.1
+        interval = sampled.copy()
+        interval += np.where(duration_to_start < threshold, duration_to_start, average / 2)
+        interval += np.where(duration_to_end < threshold, duration_to_end, average / 2)
+        factor = interval / sampled
+        if is_rate:
+            factor /= range_ms / 1000
+        out[ok] = result * factor
+        return out, ok
+
+    return fn
+
+
+def _irate(ts, v, lo, hi, _ref, _range):
+    ok = hi - lo >= 2
+    out = np.zeros(len(lo))
+    if not ok.any():
+        return out, ok
+    last, prev = hi[ok] - 1, hi[ok] - 2
+    result = np.where(v[last] < v[prev], v[last], v[last] - v[prev])
+    interval = ts[last] - ts[prev]
+    good = interval != 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[ok] = result / (interval / 1000)
+    ok[ok] = good
+    return out, ok
+
+
+_RANGE = {
+    "rate": _extrapolated_rate(True, True),
+    "increase": _extrapolated_rate(True, False),
+    "delta": _extrapolated_rate(False, False),
+    "irate": _irate,
+    "avg_over_time": _over_time("avg"),
+    "min_over_time": _over_time("min"),
+    "max_over_time": _over_time("max"),
+    "sum_over_time": _over_time("sum"),
+    "count_over_time": _over_time("count"),
+    "last_over_time": _over_time("last"),
+}
+
+_OPS = {
+    "+": np.add,
+    "-": np.subtract,
+    "*": np.multiply,
+    "/": np.divide,
+    "%": np.fmod,  # Go's math.Mod: the sign of the dividend
+    "^": np.power,
+    "==": np.equal,
+    "!=": np.not_equal,
+    ">": np.greater,
+    "<": np.less,
+    ">=": np.greater_equal,
+    "<=": np.less_equal,
+}

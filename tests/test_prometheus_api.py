@@ -1,0 +1,148 @@
+"""roost speaks Prometheus: /metrics passes promtool and is scraped by a real Prometheus, the /api/v1 query API
+answers promtool, and remote write comes in from a real Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import aiohttp
+import numpy as np
+
+from prometheus_peers import Prometheus, need
+from roost.export import encode_write_request
+from roost.model import Reading, Series, now_ms
+
+
+async def _demo_like(hub) -> int:
+    """A week-long house like `roost demo`'s, plus a stored series that collides with roost's own metric name."""
+    now = now_ms()
+    ts = np.arange(now - 3_600_000, now, 15_000)
+    rng = np.random.default_rng(3)
+    for room in ("lounge", "bedroom", "entry"):
+        hub.store.write_bulk(Series.of("temperature_celsius", room=room), ts, (21 + rng.normal(0, 0.2, len(ts))).round(2))
+        hub.store.write_bulk(Series.of("humidity_percent", room=room), ts, (50 + rng.normal(0, 1, len(ts))).round(1))
+        hub.store.write_bulk(Series.of("pressure_hpa", room=room), ts, (1013 + rng.normal(0, 1, len(ts))).round(2))
+    hub.store.write_bulk(Series.of("power_watts", meter="main"), ts, rng.uniform(200, 900, len(ts)).round(1))
+    hub.store.write_bulk(Series.of("energy_kwh_total", meter="main"), ts, np.cumsum(rng.uniform(0, 0.01, len(ts))).round(3))
+    # Someone scraped another roost into this one: its self-metrics must not break ours.
+    hub.store.write_bulk(Series.of("roost_readings_total", instance="other"), ts, np.arange(len(ts), dtype=float))
+    await hub.ingest([Reading(Series.of("label_escaping", room='a "quoted"\\ room\n'), now, 1.0)])
+    return now
+
+
+def _promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    need("promtool")
+    return subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+async def test_metrics_pass_promtool_check_metrics(hub, http):
+    await _demo_like(hub)
+    body = await (await http.get("/metrics")).text()
+    check = _promtool("check", "metrics", stdin=body)
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+    assert 'temperature_celsius{room="lounge"}' in body
+    assert "# TYPE energy_kwh_total counter" in body
+    assert "roost_readings_per_second" in body
+    assert 'instance="other"' not in body  # the colliding stored series is left out, roost's own family stays
+    assert "roost_readings_total " in body
+
+
+async def test_real_prometheus_scrapes_the_hub_and_remote_writes_into_it(hub, http, tmp_path):
+    await _demo_like(hub)
+    host = hub.url.removeprefix("http://")
+    config = f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: roost
+    static_configs: [{{targets: ["{host}"]}}]
+remote_write:
+  - url: {hub.url}/api/v1/write
+    queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms}}
+"""
+    prometheus = Prometheus(tmp_path / "prom", config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 60
+            up = series = None
+            while time.monotonic() < deadline:
+                async with session.get(prometheus.url + "/api/v1/query", params={"query": 'up{job="roost"}'}) as r:
+                    up = (await r.json())["data"]["result"]
+                async with session.get(
+                    prometheus.url + "/api/v1/query", params={"query": 'temperature_celsius{job="roost",room="lounge"}'}
+                ) as r:
+                    series = (await r.json())["data"]["result"]
+                if up and up[0]["value"][1] == "1" and series:
+                    break
+                await asyncio.sleep(0.5)
+            assert up and up[0]["value"][1] == "1", up
+            assert series and 20 < float(series[0]["value"][1]) < 22
+            # Prometheus remote-writes what it scraped back into roost: `up` arrives as a stored series.
+            while time.monotonic() < deadline:
+                async with http.get("/api/v1/query", params={"query": 'up{job="roost"}'}) as r:
+                    body = await r.json()
+                if body["data"]["result"]:
+                    break
+                await asyncio.sleep(0.5)
+            assert body["data"]["result"][0]["value"][1] == "1"
+    finally:
+        prometheus.stop()
+
+
+async def test_remote_write_stores_an_encoded_request_once_durable(hub, http):
+    now = now_ms()
+    readings = [Reading(Series.of("power_watts", meter=f"m{i}"), now - k * 1000, 100.0 * i + k) for i in range(3) for k in range(5)]
+    async with http.post("/api/v1/write", data=encode_write_request(readings, {"site": "cabin"})) as r:
+        assert r.status == 204, await r.text()
+    async with http.get("/api/v1/query", params={"query": 'count_over_time(power_watts{site="cabin"}[1m])'}) as r:
+        result = (await r.json())["data"]["result"]
+    assert sorted((x["metric"]["meter"], x["value"][1]) for x in result) == [("m0", "5"), ("m1", "5"), ("m2", "5")]
+    async with http.post("/api/v1/write", data=b"not snappy at all") as r:
+        assert r.status == 400
+        assert "snappy" in await r.text()
+
+
+async def test_query_errors_have_prometheus_shapes(hub, http):
+    now = await _demo_like(hub)
+    cases = [
+        ({"query": "histogram_quantile(0.9, rate(x[5m]))"}, 400, "bad_data", 'unsupported function "histogram_quantile"'),
+        ({"query": "topk(3, power_watts)"}, 400, "bad_data", 'unsupported aggregation "topk"'),
+        ({"query": "sum(power_watts"}, 400, "bad_data", "query"),
+        ({"query": "a and b"}, 400, "bad_data", 'unsupported operator "and"'),
+        ({"query": "power_watts", "time": "yesterday"}, 400, "bad_data", 'invalid parameter "time"'),
+        # many-to-many: several rooms on the right for one signature
+        ({"query": "power_watts + on() temperature_celsius"}, 422, "execution", "many-to-many"),
+    ]
+    for params, status, kind, message in cases:
+        async with http.get("/api/v1/query", params={"time": str(now / 1000), **params}) as r:
+            body = await r.json()
+        assert (r.status, body["status"], body["errorType"]) == (status, "error", kind), (params, body)
+        assert message in body["error"], (params, body)
+    async with http.get("/api/v1/query_range", params={"query": "x", "start": "1", "end": "0", "step": "1"}) as r:
+        assert r.status == 400 and "end timestamp must not be before start time" in (await r.json())["error"]
+    async with http.get("/api/v1/query_range", params={"query": "x", "start": "0", "end": "100000", "step": "1"}) as r:
+        assert r.status == 400 and "11,000 points" in (await r.json())["error"]
+
+
+async def test_promtool_queries_the_hub(hub):
+    now = await _demo_like(hub)
+    loop = asyncio.get_running_loop()
+
+    async def promtool(*args):  # in a thread: the hub serves on this loop
+        return await loop.run_in_executor(None, lambda: _promtool("query", *args))
+
+    p = await promtool("instant", hub.url, 'max by (room) (temperature_celsius)')
+    assert p.returncode == 0, p.stderr
+    assert sorted(line.split(" => ")[0] for line in p.stdout.splitlines()) == [
+        '{room="bedroom"}', '{room="entry"}', '{room="lounge"}']
+    p = await promtool("range", f"--start={(now - 1_800_000) // 1000}", f"--end={now // 1000}", "--step=5m", hub.url,
+                       "rate(energy_kwh_total[10m])")
+    assert p.returncode == 0, p.stderr
+    assert '{meter="main"} =>' in p.stdout and p.stdout.count("@[") == 7
+    p = await promtool("series", "--match=humidity_percent", hub.url)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 3, (p.stdout, p.stderr)
+    p = await promtool("labels", hub.url, "room")
+    assert p.returncode == 0 and {"bedroom", "entry", "lounge"} <= set(p.stdout.splitlines()), p.stdout
+    p = await promtool("instant", hub.url, "histogram_quantile(0.9, x)")
+    assert p.returncode == 1 and "bad_data" in p.stderr, p.stderr

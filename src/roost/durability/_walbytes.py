@@ -1,0 +1,37 @@
+"""Write-ahead log bytes in memory: the intact prefix of a segment and the records of shipped batches."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from roost.store.wal import RECORD
+
+_HEADER = struct.Struct("<II")  # the frame of wal.py: [u32 length][u32 crc32][body]
+
+
+def intact_length(data: bytes) -> int:
+    """Bytes of whole, CRC-checked batches at the start of `data` (a torn tail is left out)."""
+    pos = 0
+    while pos + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, pos)
+        end = pos + _HEADER.size + length
+        if end > len(data) or length % RECORD.itemsize or zlib.crc32(data[pos + _HEADER.size : end]) != crc:
+            break
+        pos = end
+    return pos
+
+
+def records(data: bytes) -> np.ndarray:
+    """The records of whole batches; ValueError when `data` is not all whole, intact batches."""
+    good = intact_length(data)
+    if good != len(data):
+        raise ValueError(f"damaged batch at byte {good} of {len(data)}")
+    bodies, pos = [], 0
+    while pos < len(data):
+        length, _crc = _HEADER.unpack_from(data, pos)
+        bodies.append(data[pos + _HEADER.size : pos + _HEADER.size + length])
+        pos += _HEADER.size + length
+    return np.frombuffer(b"".join(bodies), RECORD) if bodies else np.empty(0, RECORD)

@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests and benchmarks talk to.
-DEBIAN_PEERS := mosquitto socat ser2net victoria-metrics chromium
+DEBIAN_PEERS := mosquitto socat ser2net victoria-metrics chromium prometheus restic
 
 .PHONY: demo test venv test-deps peers bench clean
 

@@ -28,6 +28,7 @@ examples:
   roost query 'temperature_celsius{room="lounge"}' --since 7d --step 1h --agg max
   roost import history.csv                     bring history in (csv, parquet, Influx line protocol)
   roost export --since 30d --format parquet -o month.parquet
+  roost snapshot --to /mnt/usb/roost-snap      consistent snapshot while the hub runs; roost verify DIR checks it
 """
 
 
@@ -121,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compact", "compact recent data now", "Compact the write-ahead log into chunks and apply retention "
             "(only when no hub runs on this --data; the hub does this by itself).")
     p.set_defaults(func=cmd_compact)
+
+    from roost.durability.commands import add_durability_commands
+
+    add_durability_commands(add)
+
+    from roost.rules.commands import add_rule_commands
+
+    add_rule_commands(add)
     return parser
 
 
@@ -207,8 +216,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    from roost.rules.commands import check as check_rules
+
+    problems, notes = check_rules(settings)
+    if problems:
+        raise ConfigError(problems)
     where = settings.source_file or "defaults (no config file given)"
     print(f"{where}: ok — data {settings.hub.data}, listening on {settings.hub.listen_host}:{settings.hub.listen_port}")
+    for note in notes:
+        print(note)
     return 0
 
 

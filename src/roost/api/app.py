@@ -5,7 +5,7 @@ Routes:
   GET  /api/series             series list with latest values            ?match=SELECTOR
   GET  /api/query              bucketed range query                      ?match=&start=&end=&since=&step=&agg=
   POST /write, /api/v2/write   Influx line protocol push (v1 and v2)     see sources/http_push.py
-  GET  /metrics                Prometheus exposition of roost's own health
+  GET  /metrics, /api/v1/...   Prometheus exposition, query API and remote write (roost.api.prometheus)
   GET  /healthz                liveness
 """
 
@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
-from prometheus_client import generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from roost.api.dashboard import add_dashboard_routes
+from roost.api.prometheus import add_prometheus_routes
+from roost.api.things import add_thing_routes
+from roost.durability.replication import add_replication_routes
 from roost.durations import parse_duration_ms, parse_time_ms
 from roost.errors import QueryError, StoreError
 from roost.model import now_ms
@@ -51,8 +52,10 @@ def create_app(hub: Hub) -> web.Application:
     app.router.add_get("/api/series", api_series)
     app.router.add_get("/api/query", api_query)
     add_routes(app, hub)  # POST /write, /api/v2/write
-    app.router.add_get("/metrics", metrics)
+    add_thing_routes(app, hub)  # the Web Thing API: /things..., docs/things.md
+    add_prometheus_routes(app, hub)  # /metrics, /api/v1/query..., /api/v1/write
     app.router.add_get("/healthz", healthz)
+    add_replication_routes(app, hub)  # /api/replication/{status,base,stream}, docs/durability.md
     return app
 
 
@@ -133,9 +136,3 @@ async def api_query(request: web.Request) -> web.Response:
             ],
         }
     )
-
-
-async def metrics(request: web.Request) -> web.Response:
-    hub = _hub(request)
-    hub.refresh_gauges()
-    return web.Response(body=generate_latest(hub.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

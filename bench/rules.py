@@ -1,0 +1,229 @@
+"""End-to-end latency of rules: a sensor publish through a threshold rule to the actuator's `/set` on the broker.
+
+    PYTHONPATH=src python bench/rules.py [--rules 500] [--rate 100] [--seconds 30]
+
+Starts its own mosquitto on a free 127.0.0.1 port and an in-process hub with one zigbee2mqtt `[[source.mqtt]]`
+and a rules directory of `--rules` While rules, rule i being
+
+    Threshold('temperature_celsius{device="sensor<i>"} > 25')  →  fan<i>.on = True (undone below 25)
+
+The fans are zigbee2mqtt things (roost's own MQTT→thing wiring: a write publishes `zigbee2mqtt/fan<i>/set`).
+A driver process publishes sensor readings at `--rate` per second, round robin over the sensors, each crossing
+the threshold the other way than last time, and times each one until the matching `/set` arrives. The same
+driver first measures the bare broker round trip (publish and receive one message, same rate, same QoS 1).
+Readings go through the hub's real ingest path (WAL and fsync before the bus) on their way to the rules.
+"""
+
+import argparse
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import aiomqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from roost.config import load_config  # noqa: E402
+from roost.hub import Hub  # noqa: E402
+from roost.rules.settings import RulesSettings  # noqa: E402
+from roost.sources import SourceSettings  # noqa: E402
+from roost.sources.mqtt import MqttSettings, Zigbee2MqttSettings  # noqa: E402
+
+DRIVER = r'''
+import asyncio, json, socket, sys, time
+import aiomqtt
+
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)  # the peer at its best: no Nagle delay on small packets
+
+port, rules, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+
+def stats(samples):
+    s = sorted(samples)
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))] * 1000
+    return {"n": len(s), "p50": pick(0.50), "p99": pick(0.99), "max": s[-1] * 1000}
+
+async def paced(count, send):
+    start = time.perf_counter()
+    for k in range(count):
+        delay = start + k / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send(k)
+
+async def bare(client, count):
+    sent, got = {}, []
+    done = asyncio.Event()
+    async def receive():
+        async for message in client.messages:
+            k = int(message.payload)
+            got.append(time.perf_counter() - sent.pop(k))
+            if len(got) == count:
+                done.set()
+                return
+    await client.subscribe("bench/echo/#", qos=1)
+    reader = asyncio.create_task(receive())
+    async def send(k):
+        sent[k] = time.perf_counter()
+        await client.publish(f"bench/echo/{k % rules}", str(k), qos=1)
+    await paced(count, send)
+    await asyncio.wait_for(done.wait(), 30)
+    await client.unsubscribe("bench/echo/#")
+    return got
+
+async def through_rules(client, count):
+    sent, got, hot = {}, [], [False] * rules
+    done = asyncio.Event()
+    async def receive():
+        async for message in client.messages:
+            fan = str(message.topic).split("/")[1]
+            state = json.loads(message.payload).get("state")
+            t = sent.pop((fan, state), None)
+            if t is not None:
+                got.append(time.perf_counter() - t)
+                if len(got) == count:
+                    done.set()
+                    return
+    await client.subscribe("zigbee2mqtt/+/set", qos=1)
+    reader = asyncio.create_task(receive())
+    async def send(k):
+        i = k % rules
+        hot[i] = not hot[i]
+        sent[(f"fan{i}", "ON" if hot[i] else "OFF")] = time.perf_counter()
+        await client.publish(f"zigbee2mqtt/sensor{i}", json.dumps({"temperature": 30 if hot[i] else 20}), qos=1)
+    await paced(count, send)
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    except asyncio.TimeoutError:
+        pass
+    return got, count - len(got)
+
+async def main():
+    count = int(rate * seconds)
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-driver", socket_options=NODELAY) as client:
+        b = await bare(client, count)
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-driver-2", socket_options=NODELAY) as client:
+        r, lost = await through_rules(client, count)
+    print(json.dumps({"bare": stats(b), "rules": stats(r), "lost": lost}))
+
+asyncio.run(main())
+'''
+
+RULE = '''
+class Fan{i}(WhileRule):
+    """fan{i} on while sensor{i} is above 25 degrees."""
+
+    def register_triggers(self):
+        return (Threshold('temperature_celsius{{device="sensor{i}"}} > 25'),)
+
+    def action(self, *args):
+        self.fan{i}.on = True
+'''
+
+
+def _nodelay_for_roost() -> None:
+    """Make every aiomqtt client in this process (the hub's source) set TCP_NODELAY."""
+    original = aiomqtt.Client.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("socket_options", ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
+        original(self, *args, **kwargs)
+
+    aiomqtt.Client.__init__ = init
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(directory: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = directory / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nuser root\nset_tcp_nodelay true\n")
+    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("mosquitto did not start")
+
+
+async def bench(args: argparse.Namespace, work: Path, port: int) -> dict:
+    rules = work / "rules"
+    rules.mkdir()
+    (rules / "fans.py").write_text(
+        "from roost.rules import Threshold, WhileRule\n" + "".join(RULE.format(i=i) for i in range(args.rules))
+    )
+    settings = load_config(None, data_dir=str(work / "data"))
+    mqtt = MqttSettings(url=f"mqtt://127.0.0.1:{port}", name="z2m", client_id="roost-bench",
+                        zigbee2mqtt=Zigbee2MqttSettings())
+    settings = replace(
+        settings, hub=replace(settings.hub, listen="127.0.0.1:0"), source=SourceSettings(mqtt=[mqtt]),
+        rules=RulesSettings(directory=rules), store=replace(settings.store, fsync=args.fsync),
+    )
+    async with Hub(settings) as hub:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="bench-setup") as client:
+            deadline = time.monotonic() + 120
+            def ready() -> bool:
+                things = hub.things.by_attribute()
+                return all(f"fan{i}" in things for i in range(args.rules)) and all(
+                    rt.armed for rt in hub.rules.runtimes.values())
+
+            while not ready():
+                for i in range(args.rules):  # the fans appear as things once they publish a state
+                    await client.publish(f"zigbee2mqtt/fan{i}", json.dumps({"state": "OFF"}), qos=1)
+                    await client.publish(f"zigbee2mqtt/sensor{i}", json.dumps({"temperature": 20}), qos=1)
+                await asyncio.sleep(1)
+                if time.monotonic() > deadline:
+                    raise SystemExit("the rules did not arm: their things did not appear")
+        driver = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", DRIVER, str(port), str(args.rules), str(args.rate), str(args.seconds),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await driver.communicate()
+        return json.loads(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rules", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=100.0, help="sensor events per second")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--source-nodelay", action="store_true",
+                        help="give the hub's MQTT client TCP_NODELAY (what sources/mqtt.py does not set yet)")
+    parser.add_argument("--no-fsync", dest="fsync", action="store_false",
+                        help="store.fsync = false: take the disk's sync time out of the path")
+    args = parser.parse_args()
+    if args.source_nodelay:
+        _nodelay_for_roost()
+    work = Path(tempfile.mkdtemp(prefix="roost-bench-rules-"))
+    broker, port = start_mosquitto(work)
+    try:
+        result = asyncio.run(bench(args, work, port))
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+    bare, rules = result["bare"], result["rules"]
+    target = 2 * bare["p99"] + 5
+    print(f"{args.rules} rules loaded, {args.rate:g} events/s for {args.seconds:g} s")
+    print(f"  bare broker round trip  p50 {bare['p50']:6.2f} ms  p99 {bare['p99']:6.2f} ms  max {bare['max']:6.2f} ms  (n={bare['n']})")
+    print(f"  sensor → rule → /set    p50 {rules['p50']:6.2f} ms  p99 {rules['p99']:6.2f} ms  max {rules['max']:6.2f} ms  "
+          f"(n={rules['n']}, lost {result['lost']})")
+    verdict = "met" if rules["p99"] <= target else "MISSED"
+    print(f"  target p99 <= 2 x bare p99 + 5 ms = {target:.2f} ms: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

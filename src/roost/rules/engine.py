@@ -1,0 +1,731 @@
+"""The rule engine: arms each enabled rule's triggers, runs its action when they fire, and keeps it from harm.
+
+- Thing changes arrive from `registry.changes`, readings for thresholds from the hub's bus, times from the
+  injected clock; each trigger calls `RuleRuntime.fire`, which applies the If or While semantics.
+- A rule's writes go through `registry.set(..., origin="rule:<Name>")` in the order it made them (one writer
+  task per rule); changes with its own origin do not trigger it again unless it asks for that.
+- An action that raises is logged with its traceback; after `max_failures` failures in a row the rule is
+  disabled and the others keep running. Async actions run as tasks, cancelled when the rule is disabled or
+  reloaded.
+- Every rule is a thing too (`rule-<Name>`, @type Rule) with a writable `enabled`, a read-only `last_run`
+  and the rule's `RuleProperty` settings; what those hold survives restarts in the state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from roost.bus import Bus
+from roost.model import Reading, Series
+from roost.rules.clock import Clock, Place, WallClock
+from roost.rules.errors import RuleError, UnknownThing
+from roost.rules.loader import RuleSource, error_line, files_state, load_directory
+from roost.rules.proxy import ThingProxy, did_you_mean
+from roost.rules.rule import If, Rule, WhileRule, While, rule_properties
+from roost.rules.english import rule_sentence
+from roost.rules.triggers import Threshold, ThingTrigger, TimeTrigger, Trigger
+from roost.selector import Selector
+from roost.things import PropertySpec, Thing, ThingError, ThingRegistry, attribute_name
+
+log = logging.getLogger("roost.rules")
+
+History = Callable[[Selector, int, int], Iterable[Any]]  # store.read: SeriesData with .series, .ts, .values
+_THRESHOLD_LOOKBACK_MS = 5 * 60_000
+_SAVE_EVERY_S = 10.0
+
+
+class _AnyProperties(dict):
+    """For checking rules without the hub's things: every property exists and takes any value."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __missing__(self, name: str) -> PropertySpec:
+        return PropertySpec(name, type="any")
+
+
+class RuleRuntime:
+    """One rule as the engine runs it: its instance, triggers, state, writes and its own thing."""
+
+    def __init__(self, engine: RuleEngine, source: RuleSource):
+        self.engine = engine
+        self.source = source
+        self.cls = source.cls
+        self.name = source.cls.__name__
+        self.origin = f"rule:{self.name}"
+        self.thing_id = f"rule-{self.name}"
+        self.enabled = True
+        self.armed = False
+        self.failures = 0
+        self.last_run: datetime | None = None
+        self.sentence = rule_sentence(self.cls, None)
+        self.properties = rule_properties(self.cls)
+        self.property_values: dict[str, Any] = {name: p.default for name, p in self.properties.items()}
+        self.rule: Rule | None = None
+        self.triggers: list[Trigger] = []
+        self.triggering_things: dict[str, ThingProxy] = {}
+        self.declared: If | None = None
+        self.mode = "every"  # every trigger acts | "if": act when the condition becomes true | "while"
+        self.active = False
+        self.last_condition = False
+        self.unresolved: set[str] = set()  # thing names a check without the hub's things could not verify
+        self.undo: dict[tuple[str, str], tuple[Thing, Any, Any]] = {}  # key → (thing, value before, value set)
+        self._proxies: dict[str, ThingProxy] = {}
+        self._pending: dict[tuple[str, str], list[Any]] = {}  # key → [value, writes in flight]
+        self._queue: asyncio.Queue[tuple[Thing, str, Any]] | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._action: asyncio.Task | None = None
+        self._writer_task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ what the rule object asks for
+
+    @property
+    def clock(self) -> Clock:
+        return self.engine.clock
+
+    @property
+    def place(self) -> Place:
+        return self.engine.place
+
+    def local_now(self) -> datetime:
+        return self.place.local(self.clock.now())
+
+    async def sleep(self, secs: float) -> None:
+        await self.clock.sleep_until(self.clock.now() + timedelta(seconds=secs))
+
+    def thing(self, name: str) -> ThingProxy:
+        proxy = self._proxies.get(name)
+        if proxy is not None:
+            return proxy
+        things = self.engine.registry.by_attribute()
+        thing = things.get(name)
+        if thing is None:
+            if not self.engine.strict:
+                self.unresolved.add(name)
+                thing = Thing(id=name, title=name.replace("_", " "), properties=_AnyProperties())
+            else:
+                known = sorted(things)
+                raise UnknownThing(f'no thing named "{name}"{did_you_mean(name, known)}')
+        proxy = self._proxies[name] = ThingProxy(thing, self)
+        return proxy
+
+    def read(self, thing: Thing, name: str) -> Any:
+        pending = self._pending.get((thing.id, name))
+        return pending[0] if pending else thing.values.get(name)
+
+    def write(self, thing: Thing, name: str, value: Any) -> None:
+        spec = thing.spec(name)
+        if spec.read_only:
+            raise RuleError(f'"{thing.title}" property "{name}" is read-only')
+        try:
+            value = spec.check(thing.id, value)
+        except ThingError as err:
+            raise RuleError(f'"{thing.title}": {err}') from None
+        if self._queue is None:
+            return  # checking, not running
+        key = (thing.id, name)
+        current = self.read(thing, name)
+        if self.mode == "while" and self.active and key not in self.undo:
+            self.undo[key] = (thing, current, value)
+        elif key in self.undo:
+            self.undo[key] = (thing, self.undo[key][1], value)
+        pending = self._pending.setdefault(key, [value, 0])
+        pending[0] = value
+        pending[1] += 1
+        self._queue.put_nowait((thing, name, value))
+
+    def property_value(self, name: str, default: Any) -> Any:
+        return self.property_values.get(name, default)
+
+    def set_property_value(self, name: str, value: Any) -> None:
+        value = self.properties[name].spec().check(self.thing_id, value)
+        self.property_values[name] = value
+        if self.thing_id in self.engine.registry:
+            self.engine.registry.report(self.thing_id, name, value, origin=self.origin)
+        self.engine.state_changed()
+
+    # ------------------------------------------------------------------ the trigger context
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
+        task = self.engine.spawn(_guarded(self, coro, "trigger"), f"rule-{self.name}")
+        task.add_done_callback(lambda _task: coro.close())  # cancelled before it started: no "never awaited"
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def fire(self, trigger: Trigger, subject: Any, name: str | None, value: Any, *, release: bool = False) -> None:
+        if not self.armed:
+            return
+        if self.mode == "every":
+            if not release:
+                self._act(subject, name, value)
+            return
+        try:
+            holds = self._condition()
+        except Exception as err:
+            self._failed("condition", err)
+            return
+        if self.mode == "if":
+            if holds is None:
+                if not release:
+                    self._act(subject, name, value)
+            elif holds and not self.last_condition:
+                self._act(subject, name, value)
+            self.last_condition = bool(holds)
+        elif holds and not self.active:
+            self.active = True
+            self._act(subject, name, value)
+        elif not holds and self.active:
+            self._stop_action()
+            self.active = False
+            self._restore()
+
+    def _condition(self) -> bool | None:
+        if self.declared is not None:
+            return self.declared.holds()
+        assert isinstance(self.rule, WhileRule)
+        return bool(self.rule.condition())
+
+    def _act(self, subject: Any, name: str | None, value: Any) -> None:
+        self.last_run = self.clock.now()
+        self.engine.note_run(self)
+        rule = self.rule
+        assert rule is not None
+        if self.declared is not None:
+            try:
+                self.declared.apply()
+            except Exception as err:
+                self._failed("action", err)
+            return
+        if inspect.iscoroutinefunction(rule.action):
+            if self._action is not None and not self._action.done():
+                log.debug("%s: the action still runs; this trigger is skipped", self.name)
+                return
+            self._action = self.spawn(self._run_async(subject, name, value))
+            return
+        try:
+            rule.action(subject, name, value)
+        except Exception as err:
+            self._failed("action", err)
+        else:
+            self.failures = 0
+
+    async def _run_async(self, subject: Any, name: str | None, value: Any) -> None:
+        try:
+            await self.rule.action(subject, name, value)  # type: ignore[union-attr]
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self._failed("action", err)
+        else:
+            self.failures = 0
+
+    def _failed(self, what: str, err: BaseException) -> None:
+        self.failures += 1
+        limit = self.engine.max_failures
+        line = error_line(err, self.source.path, self.source.line)
+        where = f"{self.source.where.rsplit(':', 1)[0]}:{line}" if self.source.path else self.source.where
+        log.error(
+            "%s: %s.%s failed (%d in a row; disabled after %d): %s: %s",
+            where, self.name, what, self.failures, limit, type(err).__name__, err,
+            exc_info=(type(err), err, err.__traceback__),
+        )
+        if self.failures >= limit:
+            log.error("%s: rule %s disabled after %d failures in a row; enable it again once fixed", where, self.name, limit)
+            self.enabled = False
+            self.engine.spawn(self.engine.disarm(self, undo=True), f"rule-{self.name}-disable")
+            self.engine.report_enabled(self)
+
+    def _stop_action(self) -> None:
+        if self._action is not None and not self._action.done():
+            self._action.cancel()
+        self._action = None
+
+    def _restore(self) -> None:
+        """Undo a While rule: put back what it changed, where nobody changed it since."""
+        undo, self.undo = self.undo, {}
+        for (thing_id, name), (thing, before, mine) in undo.items():
+            if before is None or self.read(thing, name) != mine:
+                continue
+            try:
+                self.write(thing, name, before)
+            except RuleError as err:
+                log.warning("%s: cannot restore %s.%s: %s", self.name, thing.title, name, err)
+
+    async def _writer(self) -> None:
+        assert self._queue is not None
+        registry = self.engine.registry
+        while True:
+            thing, name, value = await self._queue.get()
+            key = (thing.id, name)
+            try:
+                await registry.set(thing.id, name, value, origin=self.origin)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("%s: cannot set %s.%s to %r: %s", self.name, thing.title, name, value, err)
+            finally:
+                pending = self._pending.get(key)
+                if pending is not None:
+                    pending[1] -= 1
+                    if pending[1] <= 0:
+                        del self._pending[key]
+                self._queue.task_done()
+
+    # ------------------------------------------------------------------ building
+
+    def bind(self) -> None:
+        """Make the rule object and ask it for its triggers; RuleError names the file and line on trouble."""
+        self._proxies.clear()
+        if self.rule is None:
+            rule = self.cls.__new__(self.cls)
+            rule._roost = self
+            try:
+                rule.__init__()
+            except Exception as err:
+                raise self._located(err, "__init__") from None
+            self.rule = rule
+        try:
+            result = self.rule.register_triggers()
+            self._take(result)
+        except Exception as err:
+            raise self._located(err, "register_triggers") from None
+        self.sentence = rule_sentence(self.cls, self.declared)
+
+    def _located(self, err: BaseException, method: str) -> RuleError:
+        line = error_line(err, self.source.path, self.source.line)
+        where = f"{self.source.where.rsplit(':', 1)[0]}:{line}" if self.source.path else self.source.where
+        message = str(err) if isinstance(err, RuleError) else f"{type(err).__name__}: {err}"
+        error = RuleError(f"{where}: {self.name}.{method}: {message}")
+        error.unknown_thing = isinstance(err, UnknownThing)  # type: ignore[attr-defined]
+        return error
+
+    def _take(self, result: Any) -> None:
+        self.declared = None
+        if isinstance(result, If):
+            if not result.effects:
+                raise RuleError(f"{result.word}(...) needs .then(Set(...)) to say what to do")
+            self.declared = result
+            items: list[Any] = list(result.triggers)
+            self.mode = "while" if isinstance(result, While) else "if"
+        else:
+            if result is None:
+                result = ()
+            if isinstance(result, (Trigger, ThingProxy)):
+                result = (result,)
+            try:
+                items = list(result)
+            except TypeError:
+                raise RuleError(f"expected a tuple of things and triggers, got {result!r}") from None
+            self.mode = "while" if isinstance(self.rule, WhileRule) else "every"
+        triggers: list[Trigger] = []
+        for item in items:
+            if isinstance(item, ThingProxy):
+                item = ThingTrigger(item)
+            if not isinstance(item, Trigger):
+                raise RuleError(
+                    f"{item!r} is not a trigger (return things such as self.Porch_Light, or HeartBeat, "
+                    "AbsoluteTimeTrigger, SunTrigger, Cron, Threshold, Changed)"
+                )
+            triggers.append(item)
+        self.triggers = triggers
+        self.triggering_things = {
+            attribute_name(t.thing._thing.title): t.thing for t in triggers if isinstance(t, ThingTrigger)
+        }
+        if self.declared is None:
+            try:
+                inspect.signature(self.rule.action).bind(None, None, None)  # type: ignore[union-attr]
+            except TypeError:
+                raise RuleError("action must accept (thing, property_name, new_value), or *args") from None
+
+    def make_thing(self) -> Thing:
+        properties = {
+            "enabled": PropertySpec("enabled", "boolean", title="Enabled"),
+            "last_run": PropertySpec("last_run", "string", title="Last run", read_only=True),
+        }
+        properties.update({name: p.spec() for name, p in self.properties.items()})
+        values: dict[str, Any] = {"enabled": self.enabled, "last_run": _iso(self.last_run)}
+        values.update(self.property_values)
+        return Thing(
+            id=self.thing_id, title=self.name, types=("Rule",), description=self.sentence,
+            properties=properties, values=values, actuator=self._actuate, origin="rules",
+        )
+
+    async def _actuate(self, name: str, value: Any) -> None:
+        if name == "enabled":
+            await self.engine.set_enabled(self.name, value)
+            return
+        self.property_values[name] = value
+        self.engine.state_changed()
+        if self.enabled:
+            await self.engine.disarm(self, undo=False)
+            await self.engine.arm(self)
+
+
+def _iso(when: datetime | None) -> str:
+    return when.isoformat(timespec="seconds") if when else ""
+
+
+class RuleEngine:
+    """`async with RuleEngine(registry, clock=..., place=...) as engine: await engine.load(sources)`."""
+
+    def __init__(
+        self,
+        registry: ThingRegistry,
+        *,
+        clock: Clock | None = None,
+        place: Place | None = None,
+        readings: Bus[Reading] | None = None,
+        history: History | None = None,
+        max_failures: int = 3,
+        state_file: Path | None = None,
+        strict: bool = True,
+    ):
+        self.registry = registry
+        self.clock: Clock = clock or WallClock()
+        self.place = place or Place()
+        self.readings = readings
+        self.history = history
+        self.max_failures = max_failures
+        self.state_file = state_file
+        self.strict = strict
+        self.runtimes: dict[str, RuleRuntime] = {}
+        self.directory: Path | None = None
+        self._by_thing: dict[str, list[tuple[RuleRuntime, ThingTrigger]]] = {}
+        self._thresholds: list[tuple[RuleRuntime, Threshold]] = []
+        self._threshold_cache: dict[Series, list[tuple[RuleRuntime, Threshold]]] = {}
+        self._waiting: set[str] = set()  # rules whose things have not appeared yet
+        self._group: asyncio.TaskGroup | None = None
+        self._saved: dict[str, Any] = self._load_state()
+        self._dirty = False
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> RuleEngine:
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        self.spawn(self._follow_changes(self.registry.changes.subscribe("rules", maxsize=100_000)), "rules-changes")
+        if self.readings is not None:
+            self.spawn(self._follow_readings(self.readings.subscribe("rules", maxsize=100_000)), "rules-readings")
+        if self.state_file is not None:
+            self.spawn(self._save_periodically(), "rules-state")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for rt in list(self.runtimes.values()):
+            await self.disarm(rt, undo=False)  # stopping the hub leaves the house as it is
+        self._save_state()
+        assert self._group is not None
+        for task in list(self._group._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._group.__aexit__(None, None, None)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        assert self._group is not None, "the rule engine is not running"
+        return self._group.create_task(coro, name=name)
+
+    # ------------------------------------------------------------------ loading
+
+    async def load_directory(self, directory: Path) -> list[str]:
+        """Load (or reload) every rule in `directory`; returns the problems, each naming file and line."""
+        self.directory = directory
+        self._files = files_state(directory)
+        sources, problems = load_directory(directory)
+        return problems + await self.load(sources)
+
+    async def load(self, sources: Iterable[RuleSource]) -> list[str]:
+        """Replace the running rules with these; rules that fail to arm are reported and left out."""
+        old = self.runtimes
+        self.runtimes = {}
+        for rt in old.values():
+            await self.disarm(rt, undo=False)
+            self.registry.remove(rt.thing_id)
+        problems = []
+        for source in sources:
+            rt = RuleRuntime(self, source)
+            saved = self._saved.get(rt.name, {})
+            rt.enabled = bool(saved.get("enabled", True))
+            rt.last_run = _parse_iso(saved.get("last_run"))
+            for name, value in saved.get("properties", {}).items():
+                if name in rt.properties:
+                    with contextlib.suppress(ThingError):
+                        rt.property_values[name] = rt.properties[name].spec().check(rt.thing_id, value)
+            previous = old.get(rt.name)
+            if previous is not None and previous.mode == "while" and previous.active:
+                rt.undo, rt.active = previous.undo, True  # a reloaded While rule still knows what to put back
+            self.runtimes[rt.name] = rt
+            if rt.enabled:
+                problem = await self.arm(rt)
+                if problem:
+                    problems.append(problem)
+            self.registry.add(rt.make_thing())
+        return problems
+
+    async def reload_if_changed(self) -> list[str] | None:
+        """Reload when a file in the rules directory changed since the last load (None: nothing changed)."""
+        if self.directory is None or files_state(self.directory) == self._files:
+            return None
+        log.info("rules changed in %s: reloading", self.directory)
+        return await self.load_directory(self.directory)
+
+    async def watch(self, interval_s: float = 2.0) -> None:
+        """Reload on rule file changes and retry rules waiting for things; in real time."""
+        while True:
+            await asyncio.sleep(interval_s)
+            problems = await self.reload_if_changed()
+            for problem in problems or ():
+                log.error("%s", problem)
+            for name in list(self._waiting):
+                rt = self.runtimes.get(name)
+                if rt is None or not rt.enabled:
+                    self._waiting.discard(name)
+                elif not await self.arm(rt, quiet=True):
+                    log.info("rule %s: its things are here now; armed", name)
+
+    # ------------------------------------------------------------------ arming
+
+    async def arm(self, rt: RuleRuntime, *, quiet: bool = False) -> str | None:
+        """Start a rule's triggers; returns the problem instead when it cannot start."""
+        if rt.armed:
+            return None
+        try:
+            rt.bind()
+        except RuleError as err:
+            if getattr(err, "unknown_thing", False):
+                if rt.name not in self._waiting and not quiet:
+                    log.warning("%s (the rule waits for the thing to appear)", err)
+                self._waiting.add(rt.name)
+            else:
+                self._waiting.discard(rt.name)
+            return None if quiet else str(err)
+        self._waiting.discard(rt.name)
+        if self.registry.__contains__(rt.thing_id):
+            self.registry.get(rt.thing_id).description = rt.sentence
+        rt._queue = asyncio.Queue()
+        rt._writer_task = self.spawn(rt._writer(), f"rule-{rt.name}-writer")
+        rt.armed = True
+        for trigger in rt.triggers:
+            if isinstance(trigger, ThingTrigger):
+                self._by_thing.setdefault(trigger.thing._thing.id, []).append((rt, trigger))
+            elif isinstance(trigger, Threshold):
+                trigger.reset()
+                self._thresholds.append((rt, trigger))
+                self._threshold_cache.clear()
+            elif isinstance(trigger, TimeTrigger):
+                rt.spawn(trigger.run(rt))
+        try:
+            result = rt.rule.initial_state()  # type: ignore[union-attr]
+            if inspect.isawaitable(result):
+                rt.spawn(result)
+        except Exception as err:
+            rt._failed("initial_state", err)
+        for trigger in rt.triggers:
+            if isinstance(trigger, Threshold):
+                self._replay(rt, trigger)
+        if rt.mode in ("while", "if") and rt.armed:
+            try:
+                holds = rt._condition()
+            except Exception:
+                holds = None  # a condition that needs a trigger's event first
+            if rt.mode == "if":
+                rt.last_condition = bool(holds)
+            elif holds and not rt.active:
+                rt.fire(rt.triggers[0] if rt.triggers else Trigger(), None, None, None)
+            elif holds is False and rt.active:
+                rt.fire(rt.triggers[0], None, None, None)
+        return None
+
+    def _replay(self, rt: RuleRuntime, trigger: Threshold) -> None:
+        if self.history is None:
+            return
+        now = int(self.clock.now().timestamp() * 1000)
+        try:
+            for data in self.history(trigger.selector, now - trigger.for_ms - _THRESHOLD_LOOKBACK_MS, now + 1):
+                for ts, value in zip(data.ts.tolist(), data.values.tolist()):
+                    trigger.observe(Reading(data.series, int(ts), float(value)), rt)
+        except Exception as err:
+            log.warning("rule %s: cannot read the history of %s: %s", rt.name, trigger.selector.text, err)
+
+    async def disarm(self, rt: RuleRuntime, *, undo: bool) -> None:
+        """Stop a rule: its triggers, its running action; a While rule in effect is undone when `undo`."""
+        if not rt.armed:
+            return
+        rt.armed = False
+        rt._stop_action()
+        for thing_id in list(self._by_thing):
+            self._by_thing[thing_id] = [(r, t) for r, t in self._by_thing[thing_id] if r is not rt]
+            if not self._by_thing[thing_id]:
+                del self._by_thing[thing_id]
+        if any(r is rt for r, _ in self._thresholds):
+            self._thresholds = [(r, t) for r, t in self._thresholds if r is not rt]
+            self._threshold_cache.clear()
+        for trigger in rt.triggers:
+            if isinstance(trigger, Threshold):
+                trigger.reset()
+        current = asyncio.current_task()
+        for task in list(rt._tasks):
+            if task is not current:
+                task.cancel()
+        if undo and rt.mode == "while" and rt.active:
+            rt.active = False
+            rt._restore()
+        writer = rt._writer_task
+        if writer is not None and writer is not current and rt._queue is not None and rt._queue._unfinished_tasks:
+            # let queued writes (and the undo) reach the devices before the writer goes
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rt._queue.join(), 10)
+        if writer is not None and writer is not current:
+            writer.cancel()
+        rt._writer_task = None
+        rt._queue = None
+        rt._pending.clear()
+
+    async def set_enabled(self, name: str, enabled: bool) -> None:
+        rt = self.runtimes.get(name)
+        if rt is None:
+            raise RuleError(f"no rule named {name!r}{did_you_mean(name, sorted(self.runtimes))}")
+        if enabled == rt.enabled and enabled == rt.armed:
+            return
+        rt.enabled = enabled
+        if enabled:
+            rt.failures = 0
+            problem = await self.arm(rt)
+            if problem:
+                log.error("%s", problem)
+        else:
+            await self.disarm(rt, undo=True)
+        self.report_enabled(rt)
+        log.info("rule %s %s", name, "enabled" if enabled else "disabled")
+
+    def report_enabled(self, rt: RuleRuntime) -> None:
+        if rt.thing_id in self.registry:
+            self.registry.report(rt.thing_id, "enabled", rt.enabled, origin="rules")
+        self.state_changed()
+
+    def note_run(self, rt: RuleRuntime) -> None:
+        if rt.thing_id in self.registry:
+            self.registry.report(rt.thing_id, "last_run", _iso(rt.last_run), origin="rules")
+        self._dirty = True
+
+    # ------------------------------------------------------------------ events
+
+    async def _follow_changes(self, sub) -> None:
+        try:
+            while True:
+                change = await sub.get()
+                listeners = self._by_thing.get(change.thing_id)
+                if not listeners:
+                    continue
+                acted: set[int] = set()
+                for rt, trigger in listeners:
+                    if trigger.property is not None and trigger.property != change.name:
+                        continue
+                    if id(rt) in acted or (change.origin == rt.origin and not rt.cls.retrigger_on_own_writes):
+                        continue
+                    acted.add(id(rt))
+                    rt.fire(trigger, trigger.thing, change.name, change.new)
+        finally:
+            self.registry.changes.unsubscribe(sub)
+
+    async def _follow_readings(self, sub) -> None:
+        try:
+            while True:
+                reading = await sub.get()
+                if not self._thresholds:
+                    continue
+                watchers = self._threshold_cache.get(reading.series)
+                if watchers is None:
+                    watchers = self._threshold_cache[reading.series] = [
+                        (rt, t) for rt, t in self._thresholds
+                        if (t.metric is None or t.metric == reading.series.metric) and t.selector.matches(reading.series)
+                    ]
+                for rt, trigger in watchers:
+                    trigger.observe(reading, rt)
+        finally:
+            assert self.readings is not None
+            self.readings.unsubscribe(sub)
+
+    # ------------------------------------------------------------------ state that survives restarts
+
+    def state_changed(self) -> None:
+        self._dirty = True
+        self._save_state()
+
+    def _load_state(self) -> dict[str, Any]:
+        if self.state_file is None or not self.state_file.exists():
+            return {}
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError) as err:
+            log.warning("%s: cannot read the rule state (%s); rules start enabled", self.state_file, err)
+            return {}
+
+    def _save_state(self) -> None:
+        if self.state_file is None or not self._dirty:
+            return
+        state = {
+            rt.name: {"enabled": rt.enabled, "last_run": _iso(rt.last_run), "properties": rt.property_values}
+            for rt in self.runtimes.values()
+        }
+        self._saved.update(state)
+        tmp = self.state_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self._saved, indent=1, sort_keys=True))
+            os.replace(tmp, self.state_file)
+            self._dirty = False
+        except OSError as err:
+            log.warning("%s: cannot save the rule state: %s", self.state_file, err)
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(_SAVE_EVERY_S)
+            self._save_state()
+
+
+async def _guarded(rt: RuleRuntime, awaitable: Any, what: str) -> None:
+    try:
+        await awaitable
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:
+        rt._failed(what, err)
+
+
+def _parse_iso(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except (TypeError, ValueError):
+        return None
+
+
+def read_state(state_file: Path) -> dict[str, Any]:
+    """The saved state of the rules (for `roost rules list` without a running hub)."""
+    try:
+        return json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def check_rules(sources: Iterable[RuleSource], registry: ThingRegistry | None, place: Place | None = None):
+    """Bind every rule without running it: (runtimes, problems). Without a registry thing names are not checked
+    (they are collected in each runtime's `unresolved`)."""
+    engine = RuleEngine(registry or ThingRegistry(), place=place, strict=registry is not None)
+    runtimes, problems = [], []
+    for source in sources:
+        rt = RuleRuntime(engine, source)
+        try:
+            rt.bind()
+        except RuleError as err:
+            problems.append(str(err))
+        runtimes.append(rt)
+    return runtimes, problems

@@ -494,7 +494,7 @@ class Standby:
             staged = Path(work) / "store"
             await asyncio.to_thread(restore_snapshot, Path(work) / "snapshot", staged)
             if self.data.exists() and any(self.data.iterdir()):
-                aside = self.data.with_name(f"{self.data.name}.replaced-{datetime.now():%Y%m%dT%H%M%S}")
+                aside = self.data.with_name(f"{self.data.name}.replaced-{datetime.now():%Y%m%dT%H%M%S.%f}")
                 os.replace(self.data, aside)
                 log.warning("%s: the previous store is kept at %s", self.data, aside)
             elif self.data.exists():

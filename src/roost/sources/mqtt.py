@@ -663,6 +663,8 @@ class MqttSource(Source):
             keepalive=_KEEPALIVE_S,
             tls_context=tls_context,
             logger=log,
+            # Small messages (a /set, one sensor state) must not wait for the peer's delayed ACK (~40 ms).
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         stack = contextlib.AsyncExitStack()
         try:

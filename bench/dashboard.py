@@ -13,8 +13,9 @@ Performance API:
 - bands drawn: to `roost:history-bands`, when the min/max bands of the 30-day and 1-year views are in too;
 - bytes: transferSize of the document and every resource (`performance.getEntriesByType("resource")`).
 
-Medians of `--runs` runs after one warm-up, next to the targets (7 d <= 300 ms, 1 y <= 500 ms, < 500 kB).
-With --screenshots DIR it also saves overview.png and history-7d.png for docs/dashboard.md.
+Medians of `--runs` runs after one warm-up, next to the targets (7 d <= 300 ms, 1 y <= 500 ms, < 500 kB), with
+the machine's load average before and after (the figures mean little on a busy machine).
+With --screenshots DIR it also saves overview.png, history-7d.png and things.png for docs/dashboard.md.
 """
 
 from __future__ import annotations
@@ -126,8 +127,14 @@ def screenshots(browser, url: str, out: Path) -> None:
     page.wait_for_selector("#history[data-state=drawn]", timeout=30_000)
     page.mouse.move(760, 330)  # a hover shows values in the legends
     page.screenshot(path=str(out / "history-7d.png"))
+    page.goto(f"{url}/#things")
+    page.wait_for_selector("#things-list[data-state=ready] [data-thing=lounge-lamp]", timeout=30_000)
+    page.get_by_role("switch", name="Lounge Lamp On").click()  # a lamp that is on shows both controls at work
+    page.wait_for_selector('[data-thing=lounge-lamp] [data-property=on][data-value="true"]:not([aria-busy])')
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(out / "things.png"), full_page=True)
     page.close()
-    print(f"screenshots: {out / 'overview.png'}, {out / 'history-7d.png'}")
+    print(f"screenshots: {out / 'overview.png'}, {out / 'history-7d.png'}, {out / 'things.png'}")
 
 
 def main() -> None:
@@ -143,6 +150,7 @@ def main() -> None:
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium (make peers)")
     ensure_store(args.data, args.days)
+    load_before = os.getloadavg()
     proc, url = start_hub(args.data, "run")
     try:
         with sync_playwright() as p:
@@ -162,6 +170,7 @@ def main() -> None:
                       f"{size / 1000:.0f} kB in {runs[0]['requests']} requests (runs: {each} ms)", flush=True)
             proc.terminate()
             proc.wait(timeout=30)
+            load_after = os.getloadavg()
             if args.screenshots:
                 # The pictures show what `make demo` shows: a fresh demo house with a week of history.
                 with tempfile.TemporaryDirectory(prefix="roost-shots-") as tmp:
@@ -175,7 +184,8 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
 
-    print(f"\nHistory view, {args.days} days of the demo house in the store, median of {args.runs} cold loads")
+    print(f"\nHistory view, {args.days} days of the demo house in the store, median of {args.runs} cold loads, "
+          f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and {load_after[0]:.1f} after")
     print(f"{'view':<5} {'lines drawn':>12} {'target':>8} {'bands drawn':>12} {'bytes':>9} {'target':>9} {'requests':>9}")
     for view, lines, band, size, requests in rows:
         band_text = "-" if band is None else f"{band:.0f} ms"

@@ -648,7 +648,7 @@ async def test_a_rule_waits_for_a_thing_that_appears_later():
 # ------------------------------------------------------------------ the examples
 
 
-EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples" / "rules"
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "src" / "roost" / "demo" / "rules"
 
 
 def demo_things():

@@ -283,16 +283,18 @@ async def test_a_zigbee2mqtt_sensor_is_a_read_only_thing_with_units(mosquitto, t
 
 
 def test_the_demo_lists_its_things_and_they_can_be_switched(tmp_path):
-    demo = HubProcess(tmp_path / "data", "--backfill", "1h", command="demo")
+    demo = HubProcess(tmp_path / "data", "--backfill", "1h", "--no-mqtt", command="demo")
     try:
         def get(path):
             return json.load(urllib.request.urlopen(demo.url + path, timeout=5))
 
         for _ in range(100):
             things = {t["href"].rsplit("/", 1)[1]: t for t in get("/things")}
-            if len(things) >= 7:
+            if len(things) >= 11:
                 break
-        assert set(things) == {"lounge-lamp", "porch-light", "kettle-plug", "lounge", "bedroom", "entry", "energy-meter"}
+        devices = {k for k in things if not k.startswith("rule-")}
+        assert devices == {"lounge-lamp", "porch-light", "kettle-plug", "lounge", "bedroom", "entry", "main"}  # main: the Modbus meter
+        assert set(things) - devices == {"rule-BondedLights", "rule-WakeUp", "rule-RainbowHeartbeat", "rule-PorchLight"}
         assert things["kettle-plug"]["properties"]["power"]["readOnly"] is True
         assert set(things["lounge"]["properties"]) == {"temperature", "humidity", "pressure"}
         assert isinstance(get("/things/lounge/properties/temperature")["temperature"], float)  # from the backfilled series

@@ -68,11 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = add("demo", "run a simulated house", "Run the hub with a simulated house: three rooms (temperature, humidity, "
-            "pressure) and an energy meter. History is backfilled first, then a live reading every 15 s.",
-            "example:\n  roost demo --backfill 30d --listen 127.0.0.1:8081 --data /tmp/roost-demo")
+            "pressure), an energy meter (a simulated SDM120 on 127.0.0.1 that roost polls over Modbus TCP) and, when an "
+            "MQTT broker answers, a zigbee2mqtt sensor in a fourth room that roost reads over MQTT. History is "
+            "backfilled first, then a live reading every 15 s.",
+            "examples:\n  roost demo --backfill 30d --listen 127.0.0.1:8081 --data /tmp/roost-demo\n"
+            "  roost demo --mqtt mqtt://192.168.1.10:1883     the sensor on another broker\n"
+            "  roost demo --no-mqtt")
     p.add_argument("--backfill", default="7d", metavar="DURATION", help="history to write first (default 7d; 0s for none)")
     p.add_argument("--listen", default=None, metavar="HOST:PORT", help="where to serve (default 127.0.0.1:8080)")
     p.add_argument("--seed", type=int, default=7, help="random seed of the simulation (default 7)")
+    mqtt = p.add_mutually_exclusive_group()
+    mqtt.add_argument("--mqtt", metavar="URL", help="broker for the zigbee2mqtt sensor (default: mqtt://127.0.0.1:1883 "
+                      "if it answers, else no sensor)")
+    mqtt.add_argument("--no-mqtt", action="store_true", help="no MQTT sensor, even if a broker answers")
+    p.add_argument("--interval", default="15s", help=argparse.SUPPRESS)  # time between live readings, for tests
+    p.add_argument("--no-rules", action="store_true",
+                   help="without the example rules (bonded lights, wake-up fade, rainbow heartbeat, porch light)")
     p.set_defaults(func=cmd_demo)
 
     p = add("query", "query a range", "Aggregate the matching series into time buckets and print them.",
@@ -176,16 +187,21 @@ def _open_reader(settings: Settings):
 async def _serve(settings: Settings, demo_args: argparse.Namespace | None = None) -> None:
     from roost.hub import Hub
 
-    async with Hub(settings) as hub:
+    async with contextlib.AsyncExitStack() as stack:
+        demo = None
         if demo_args is not None:
-            from roost import demo
+            from roost.demo import DEFAULT_BROKER, Demo
 
-            house = demo.House(seed=demo_args.seed)
-            span = parse_duration_ms(demo_args.backfill)
-            written = await asyncio.to_thread(demo.backfill, hub.store, house, span, now_ms())
-            if written:
-                log.info("backfilled %s of history: %d readings", demo.describe(span), written)
-            hub.spawn(demo.run_live(hub, house), "demo-house")
+            # Entered before the hub, so the simulated devices outlive the sources that read them.
+            demo = await stack.enter_async_context(Demo(
+                demo_args.seed, interval_ms=parse_duration_ms(demo_args.interval),
+                mqtt=None if demo_args.no_mqtt else demo_args.mqtt or DEFAULT_BROKER, mqtt_required=bool(demo_args.mqtt),
+            ))
+            for line in demo.summary():
+                print(f"demo: {line}", file=sys.stderr, flush=True)
+        hub = await stack.enter_async_context(Hub(settings))
+        if demo is not None:
+            await demo.start(hub, parse_duration_ms(demo_args.backfill))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, hub.stop)
@@ -204,11 +220,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from roost.sources.mqtt import split_url
+
     settings = _settings(args, args.listen)
     try:
         parse_duration_ms(args.backfill)
     except ValueError as err:
         raise ConfigError(f"--backfill: {err}") from None
+    try:
+        interval = parse_duration_ms(args.interval)
+    except ValueError as err:
+        raise ConfigError(f"--interval: {err}") from None
+    if interval < 100:
+        raise ConfigError(f"--interval: expected at least 100ms, got {args.interval}")
+    if args.mqtt:
+        try:
+            split_url(args.mqtt)
+        except ValueError as err:
+            raise ConfigError(f"--mqtt: {err}") from None
+    if settings.rules.directory is None and not args.no_rules:
+        from dataclasses import replace
+
+        import roost.demo
+
+        rules = Path(roost.demo.__file__).parent / "rules"  # bonded lights, wake-up fade, rainbow, porch light
+        settings = replace(settings, rules=replace(settings.rules, directory=rules))
     _setup_logging(settings, args.verbose)
     asyncio.run(_serve(settings, demo_args=args))
     return 0

@@ -153,14 +153,18 @@ class Hub:
         self.spawn(self.rules.watch(), "rules-watch")  # reloads edited rule files
 
     def _start_sources(self) -> None:
+        for kind, name, source_settings in self.settings.source.configured():
+            self.start_source(kind, name, source_settings)
+
+    def start_source(self, kind: str, name: str, source_settings) -> None:
+        """Run a source, supervised, for the hub's lifetime (the configured ones start with the hub; the demo's later)."""
         from roost.sources import SourceContext, source_class, supervise
 
-        for kind, name, source_settings in self.settings.source.configured():
-            ctx = SourceContext(name, self.metrics, self.submit)
-            cls = source_class(kind)
-            make = lambda cls=cls, s=source_settings, ctx=ctx, name=name: self.thing_service.attach(name, cls(s, ctx))
-            self.spawn(supervise(make, ctx), f"source-{name}")
-            log.info("source %s (%s) started", name, kind)
+        ctx = SourceContext(name, self.metrics, self.submit)
+        cls = source_class(kind)
+        make = lambda: self.thing_service.attach(name, cls(source_settings, ctx))
+        self.spawn(supervise(make, ctx), f"source-{name}")
+        log.info("source %s (%s) started", name, kind)
 
     def _start_exporters(self) -> None:
         from roost.export import start_exporters

@@ -36,7 +36,10 @@ MAX_POINTS = 20_000  # per series and query; more is a mistake in the step, not 
 
 def _json(data: object, status: int = 200) -> web.Response:
     body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-    return web.Response(body=body, status=status, content_type="application/json")
+    response = web.Response(body=body, status=status, content_type="application/json")
+    if len(body) > 4096:  # a week of four charts is ~100 kB of JSON, ~14 kB gzipped (when the client accepts it)
+        response.enable_compression()
+    return response
 
 
 def _error(status: int, message: str) -> web.Response:

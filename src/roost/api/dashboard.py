@@ -6,11 +6,17 @@ Routes:
   GET /assets/uplot/{name}     uPlot, served from src/roost/web/node_modules (installed by `make venv`)
   GET /api/live                Server-Sent Events: a `snapshot` of every latest value, then `readings`
                                as the hub stores them                       ?match=SELECTOR
+
+Assets are revalidated on every load (`Cache-Control: no-cache` with an ETag, so an unchanged file costs a
+304) and sent gzipped to browsers that accept it; both are computed once per file version and kept in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +39,7 @@ _UPLOT_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
 # Sections whose API may or may not be part of this hub: the page shows a section only when its route exists,
 # so a hub without things never shows an empty "Things" tab (see docs/dashboard.md, "Adding a section").
 _OPTIONAL_SECTIONS = {"things": "/things", "rules": "/rules", "backups": "/backups"}
+_GZIP_FROM = 1024  # bytes; smaller files gain less than the header costs
 
 LIVE_QUEUE = 1_000  # readings per client; the bus drops the oldest beyond that, and the page only needs the latest
 _HEARTBEAT_S = 20.0  # a comment line this often lets the hub notice a client that went away without closing
@@ -53,12 +60,60 @@ def add_dashboard_routes(app: web.Application, hub: Hub) -> None:
 
 def _sections(app: web.Application) -> list[str]:
     paths = {resource.canonical for resource in app.router.resources()}
-    return [name for name, path in _OPTIONAL_SECTIONS.items() if path in paths]
+    sections = [name for name, path in _OPTIONAL_SECTIONS.items() if path in paths]
+    if "rules" not in sections and "things" in sections and _has_rules(app[_HUB]):
+        sections.append("rules")  # rules are things of @type Rule (docs/rules.md): the Thing API serves them
+    return sections
+
+
+def _has_rules(hub: Hub) -> bool:
+    if getattr(hub, "rules", None) is not None:  # a rules directory is configured, even if it is empty so far
+        return True
+    return any("Rule" in thing.types for thing in getattr(hub, "things", ()))
 
 
 async def index(request: web.Request) -> web.Response:
     page = (_WEB / "index.html").read_text().replace("{{sections}}", " ".join(_sections(request.app)))
-    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+    response = web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+    if len(page) >= _GZIP_FROM:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Asset:
+    version: tuple[int, int]  # the file's mtime_ns and size when it was read
+    etag: str
+    body: bytes
+    gzipped: bytes | None
+
+
+_asset_cache: dict[Path, _Asset] = {}
+
+
+def _load_asset(path: Path) -> _Asset:
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _asset_cache.get(path)
+    if cached is not None and cached.version == version:
+        return cached
+    body = path.read_bytes()
+    gzipped = gzip.compress(body, compresslevel=9, mtime=0) if len(body) >= _GZIP_FROM else None
+    etag = f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'  # weak: the gzipped bytes differ
+    _asset_cache[path] = asset = _Asset(version, etag, body, gzipped)
+    return asset
+
+
+def _send_asset(request: web.Request, path: Path) -> web.Response:
+    asset = _load_asset(path)
+    headers = {"Cache-Control": "no-cache", "ETag": asset.etag, "Vary": "Accept-Encoding"}
+    if asset.etag in (tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")):
+        return web.Response(status=304, headers=headers)
+    headers["Content-Type"] = _ASSET_TYPES[path.suffix]
+    if asset.gzipped is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=asset.gzipped, headers=headers)
+    return web.Response(body=asset.body, headers=headers)
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
@@ -66,7 +121,7 @@ async def asset(request: web.Request) -> web.StreamResponse:
     path = _WEB / name
     if "/" in name or path.suffix not in _ASSET_TYPES or not path.is_file():
         raise web.HTTPNotFound(text=f"no dashboard asset {name!r}")
-    return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Type": _ASSET_TYPES[path.suffix]})
+    return _send_asset(request, path)
 
 
 async def uplot_asset(request: web.Request) -> web.StreamResponse:
@@ -80,7 +135,7 @@ async def uplot_asset(request: web.Request) -> web.StreamResponse:
             text=f"{path} is missing: the dashboard's charts need uPlot from npm — run `make venv` "
             f"(or `npm ci --prefix {_WEB}`)"
         )
-    return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Type": _ASSET_TYPES[path.suffix]})
+    return _send_asset(request, path)
 
 
 def _reading_json(series: Series, ts: int, value: float) -> dict:

@@ -10,6 +10,8 @@ import { Overview } from "./overview.js";
 const SECTIONS = [
   { id: "overview", title: "Overview" },
   { id: "history", title: "History" },
+  { id: "things", title: "Things", api: "things" },
+  { id: "rules", title: "Rules", api: "rules" },
 ];
 
 const available = new Set((document.documentElement.dataset.sections ?? "").split(/\s+/).filter(Boolean));
@@ -19,6 +21,21 @@ const live = new Live();
 const overview = new Overview(document.getElementById("tiles"), live);
 const history = new History(document.getElementById("history"));
 window.roost = { live, overview, history }; // for tests, benchmarks and curious people with a console
+
+// Things and Rules load their code when first shown: a History or Overview visit does not pay for them.
+let thingClient = null;
+const views = {};
+async function view(id) {
+  if (!views[id]) {
+    const { ThingClient } = await import("./webthings.js");
+    thingClient ??= window.roost.things = new ThingClient();
+    const root = document.getElementById(`${id}-list`);
+    views[id] = id === "things"
+      ? (await import("./things.js")).thingsView(root, thingClient, available.has("rules"))
+      : (await import("./rules.js")).rulesView(root, thingClient);
+  }
+  return views[id];
+}
 
 const nav = document.getElementById("nav");
 nav.replaceChildren(...sections.map((s) => {
@@ -41,7 +58,9 @@ function route(focus) {
   }
   document.title = `${current.title} · roost`;
   if (focus) document.getElementById(`${current.id}-title`).focus({ preventScroll: true });
-  return current.id === "history" ? history.show(new URLSearchParams(query)) : Promise.resolve();
+  if (current.id === "history") return history.show(new URLSearchParams(query));
+  if (current.id === "things" || current.id === "rules") return view(current.id).then((v) => v.show());
+  return Promise.resolve();
 }
 
 let lastSection = null;

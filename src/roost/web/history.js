@@ -6,6 +6,35 @@ import { el, roomColor, sortedNames } from "./overview.js";
 const MINUTE = 60_000, HOUR = 60 * MINUTE, DAY = 24 * HOUR;
 
 export const CHARTS = ["temperature_celsius", "humidity_percent", "pressure_hpa", "power_watts"];
+const ALL_CHARTS = encodeURIComponent(`{__name__=~"${CHARTS.join("|")}"}`);
+
+// uPlot is loaded by the first History view, after its first query is on its way: the hub computes the answer
+// while the browser parses uPlot, and an Overview visit never loads it.
+let uplotReady = null;
+function loadUplot() {
+  uplotReady ??= new Promise((resolve) => {
+    if (typeof uPlot !== "undefined") return resolve(true);
+    const script = el("script", { src: "/assets/uplot/uPlot.iife.min.js" });
+    script.addEventListener("load", () => resolve(true));
+    script.addEventListener("error", () => resolve(false));
+    document.head.append(script);
+  });
+  return uplotReady;
+}
+
+// A query's answer as metric -> {series: [...]} of that metric.
+function byMetric(result) {
+  const out = new Map();
+  for (const s of result.series) {
+    if (!out.has(s.metric)) out.set(s.metric, { series: [] });
+    out.get(s.metric).series.push(s);
+  }
+  return out;
+}
+
+function nextFrame() {
+  return new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve)));
+}
 
 // Steps give each chart a few hundred points; whole hours let the hub answer from its hourly rollups.
 export const PRESETS = {
@@ -113,36 +142,40 @@ export class History {
 
   async load() {
     const generation = ++this.generation;
-    if (typeof uPlot === "undefined") {
-      this.root.dataset.state = "error";
-      this.statusEl.textContent = "The charts need uPlot, which this hub does not have: run `make venv` where roost is installed.";
-      return;
-    }
     const { start, end, step } = this.range;
     const band = step >= BAND_STEP;
     this.loadedAt = Date.now();
     this.root.dataset.state = "loading";
     this.statusEl.textContent = `Loading ${this.range.text}…`;
-    const query = (metric, agg) =>
-      fetch(`/api/query?match=${metric}&start=${start}&end=${end}&step=${stepParam(step)}&agg=${agg}`).then((r) => {
+    // One query per aggregation for all charts (the hub's series index picks them by name), per metric after.
+    const query = (agg) =>
+      fetch(`/api/query?match=${ALL_CHARTS}&start=${start}&end=${end}&step=${stepParam(step)}&agg=${agg}`).then((r) => {
         if (!r.ok) return r.json().then((e) => Promise.reject(new Error(e.error)));
         return r.json();
-      });
+      }).then(byMetric);
     try {
-      // Lines first, bands after: the hub answers one query at a time, and the averages are what people read.
-      const means = await Promise.all(CHARTS.map((m) => query(m, "mean")));
+      // Lines first, bands after: the averages are what people read. The data is asked for while uPlot loads.
+      const mean = query("mean");
+      const [means, haveUplot] = await Promise.all([mean, loadUplot()]);
       if (generation !== this.generation) return;
-      const shown = CHARTS.filter((_m, i) => means[i].series.length);
-      this.#draw(shown, Object.fromEntries(shown.map((m) => [m, { mean: means[CHARTS.indexOf(m)] }])));
+      if (!haveUplot) {
+        this.root.dataset.state = "error";
+        this.statusEl.textContent = "The charts need uPlot, which this hub does not have: run `make venv` where roost is installed.";
+        return;
+      }
+      const shown = CHARTS.filter((m) => means.has(m));
+      this.#draw(shown, Object.fromEntries(shown.map((m) => [m, { mean: means.get(m) }])));
       performance.mark("roost:history-lines");
       const note = band ? ", shaded: lowest to highest" : "";
       this.statusEl.textContent = shown.length
         ? `Showing ${this.range.text}: ${stepText(step)} averages${note}. Drag across a chart to zoom in.`
         : `No readings in ${this.range.text}.`;
       if (band && shown.length) {
-        const [mins, maxs] = await Promise.all(["min", "max"].map((agg) => Promise.all(shown.map((m) => query(m, agg)))));
+        await nextFrame(); // let the lines reach the screen before the band queries' answers are parsed
+        const [mins, maxs] = await Promise.all([query("min"), query("max")]);
         if (generation !== this.generation) return;
-        this.#draw(shown, Object.fromEntries(shown.map((m, i) => [m, { mean: means[CHARTS.indexOf(m)], min: mins[i], max: maxs[i] }])));
+        const empty = { series: [] };
+        this.#draw(shown, Object.fromEntries(shown.map((m) => [m, { mean: means.get(m), min: mins.get(m) ?? empty, max: maxs.get(m) ?? empty }])));
         performance.mark("roost:history-bands");
       }
       this.root.dataset.state = "drawn";

@@ -11,6 +11,9 @@ const UNITS = [
   ["_amperes", "A", 2],
   ["_lux", "lx", 0],
   ["_ppm", "ppm", 0],
+  ["_va", "VA", 0],
+  ["_var", "var", 0],
+  ["_hertz", "Hz", 1],
 ];
 
 const TITLES = {
@@ -19,11 +22,15 @@ const TITLES = {
   pressure_hpa: "Pressure",
   power_watts: "Power",
   energy_kwh_total: "Energy",
+  linkquality: "Link quality",
 };
+
+// Unitless metrics that are whole numbers (zigbee2mqtt's link quality is 0–255).
+const WHOLE = new Set(["linkquality"]);
 
 export function describe(metric) {
   const base = metric.replace(/_total$/, "");
-  const [suffix, unit, decimals] = UNITS.find(([s]) => base.endsWith(s)) ?? ["", "", 2];
+  const [suffix, unit, decimals] = UNITS.find(([s]) => base.endsWith(s)) ?? ["", "", WHOLE.has(base) ? 0 : 2];
   const title = TITLES[metric] ?? words(base.slice(0, base.length - suffix.length) || base);
   return { metric, title, unit, decimals };
 }
@@ -58,4 +65,24 @@ export const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#8A6D00", "
 export function seriesName(labels, fallback) {
   const name = labels.room ?? labels.meter ?? labels.device;
   return name ? words(name) : fallback;
+}
+
+// Web Thing units (docs/things.md) as symbols, with the decimals a reading in that unit deserves.
+const THING_UNITS = {
+  "degree celsius": ["°C", 1],
+  percent: ["%", 0],
+  hectopascal: ["hPa", 0],
+  watt: ["W", 0],
+  "kilowatt hour": ["kWh", 1],
+  volt: ["V", 1],
+  ampere: ["A", 2],
+  lux: ["lx", 0],
+  ppm: ["ppm", 0],
+  hertz: ["Hz", 1],
+  milliseconds: ["ms", 0],
+};
+
+export function thingUnit(property) {
+  const [unit, decimals] = THING_UNITS[property.unit] ?? [property.unit ?? "", 2];
+  return { unit, decimals: property.type === "integer" ? 0 : decimals };
 }

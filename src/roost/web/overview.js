@@ -63,7 +63,7 @@ export class Overview {
     for (const meter of meterNames) {
       const readings = meters.get(meter).sort(byMetric(["power_watts", "energy_kwh_total"]));
       const title = meterNames.length === 1 && meter === "main" ? "Energy" : `Energy · ${words(meter)}`;
-      tiles.push(this.#tile(`meter-${meter}`, title, null, readings, { meter }));
+      tiles.push(this.#tile(`meter-${meter}`, title, null, readings, { meter }, true));
     }
     if (!tiles.length) {
       const p = document.createElement("p");
@@ -76,8 +76,9 @@ export class Overview {
     for (const r of this.live.latest.values()) if (r.metric === "energy_kwh_total") this.#updateToday(r);
   }
 
-  #tile(key, title, color, readings, data) {
-    const article = el("article", { class: "tile", "aria-labelledby": `tile-${key}` });
+  #tile(key, title, color, readings, data, wide = false) {
+    // A meter (kWh counters of seven digits, often a dozen registers) gets two grid columns' width.
+    const article = el("article", { class: wide || readings.length > 5 ? "tile wide" : "tile", "aria-labelledby": `tile-${key}` });
     Object.assign(article.dataset, data);
     const header = el("header");
     const h2 = el("h2", { id: `tile-${key}` });

@@ -52,6 +52,7 @@ _SID_BITS = 24
 _SID_MASK = (1 << _SID_BITS) - 1
 AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
 _BLOCK_OFFSETS = np.arange(BLOCK_DAYS, dtype=np.int64)
+_FULL_MASK = (1 << BLOCK_DAYS) - 1
 _ROLLUP_CACHE_BLOCKS = 4096  # ~32 KB decoded each: a year of 10 series x 12 blocks is 120
 
 _SCHEMA = """
@@ -870,6 +871,10 @@ class Store:
             for rid, blob in self._fetch(conn, "rollup_1h", [_row_id(b, sid) for b in blocks]):
                 rows, mask = self._decoded_rollups(rid, blob)
                 first_day = (rid >> _SID_BITS) * BLOCK_DAYS
+                if mask == _FULL_MASK and days.start <= first_day and first_day + BLOCK_DAYS <= days.stop and not len(skip):
+                    rolled.update(range(first_day, first_day + BLOCK_DAYS))  # the common case of a long range
+                    parts.append(rows)
+                    continue
                 block_days = first_day + _BLOCK_OFFSETS
                 wanted = ((mask >> _BLOCK_OFFSETS) & 1).astype(bool)
                 wanted &= (block_days >= days.start) & (block_days < days.stop)

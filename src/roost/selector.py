@@ -44,20 +44,13 @@ class Selector:
             raise QueryError(f"cannot parse selector {text!r}: {exc}") from None
         if not isinstance(expr, promql_parser.VectorSelector) or expr.offset is not None or expr.at is not None:
             raise QueryError(f"{text!r} is not a plain series selector such as temperature_celsius{{room=\"lounge\"}}")
-        matchers = []
-        if expr.name:
-            matchers.append(Matcher("__name__", "=", expr.name))
-        for m in expr.matchers.matchers:
-            op = _OPS[str(m.op)]
-            if op in ("=~", "!~"):
-                try:
-                    re.compile(m.value)
-                except re.error as exc:
-                    raise QueryError(f"selector {text!r}: bad regular expression {m.value!r}: {exc}") from None
-            matchers.append(Matcher(m.name, op, m.value))
+        try:
+            matchers = matchers_of(expr)
+        except ValueError as exc:
+            raise QueryError(f"selector {text!r}: {exc}") from None
         if not any(m.op in ("=", "=~") and not m.matches("") for m in matchers):
             raise QueryError(f"selector {text!r} must have a metric name or a label matcher that excludes empty values")
-        return cls(text, tuple(matchers))
+        return cls(text, matchers)
 
     def matches(self, series: Series) -> bool:
         labels = series.label_dict
@@ -66,3 +59,19 @@ class Selector:
             if not m.matches(actual):
                 return False
         return True
+
+
+def matchers_of(node: promql_parser.VectorSelector) -> tuple[Matcher, ...]:
+    """The matchers of a parsed vector selector; ValueError names a regular expression that does not compile."""
+    matchers = []
+    if node.name:
+        matchers.append(Matcher("__name__", "=", node.name))
+    for m in node.matchers.matchers:
+        op = _OPS[str(m.op)]
+        if op in ("=~", "!~"):
+            try:
+                re.compile(m.value)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {m.value!r}: {exc}") from None
+        matchers.append(Matcher(m.name, op, m.value))
+    return tuple(matchers)

@@ -177,7 +177,7 @@ class _PrometheusApi:
             text = params.get("query", "")
             result = promql.evaluate(self._read, text, start, end, step)
             if isinstance(result, RawMatrix):
-                raise BadData(f"invalid expression type \"range vector\" for range query, must be Scalar or instant Vector")
+                raise BadData("invalid expression type \"range vector\" for range query, must be Scalar or instant Vector")
         except PromQLError as err:
             return _failure(err)
         steps = [t / 1000 for t in range(start, end + 1, step)]

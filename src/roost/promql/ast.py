@@ -6,13 +6,12 @@ that uses anything else fails with `bad_data` naming the unsupported part before
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import promql_parser
 
 from roost.promql.errors import BadData
-from roost.selector import Matcher, Selector
+from roost.selector import Selector, matchers_of
 
 RANGE_FUNCTIONS = (
     "rate", "irate", "increase", "delta",
@@ -22,7 +21,6 @@ AGGREGATIONS = ("sum", "avg", "min", "max", "count")
 ARITHMETIC = ("+", "-", "*", "/", "%", "^")
 COMPARISONS = ("==", "!=", ">", "<", ">=", "<=")
 
-_MATCH_OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,17 +156,10 @@ def _vector_selector(vs) -> VectorSelector:
         raise BadData(f"unsupported @ modifier in {vs}")
     if vs.matchers.or_matchers:
         raise BadData(f"unsupported 'or' inside a selector: {vs}")
-    matchers = []
-    if vs.name:
-        matchers.append(Matcher("__name__", "=", vs.name))
-    for m in vs.matchers.matchers:
-        op = _MATCH_OPS[str(m.op)]
-        if op in ("=~", "!~"):
-            try:
-                re.compile(m.value)
-            except re.error as exc:
-                raise BadData(f"bad regular expression {m.value!r} in {vs}: {exc}") from None
-        matchers.append(Matcher(m.name, op, m.value))
+    try:
+        matchers = matchers_of(vs)
+    except ValueError as exc:
+        raise BadData(f"{exc} (in {vs})") from None
     offset = _ms(vs.offset) if vs.offset is not None else 0
     text = str(vs).split(" offset ")[0]
-    return VectorSelector(Selector(text, tuple(matchers)), offset)
+    return VectorSelector(Selector(text, matchers), offset)

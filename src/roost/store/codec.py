@@ -51,6 +51,7 @@ on sparse streams level 17 is up to 20 % smaller, so the encoder tries both.
 One frame for all streams beats a frame per stream (frame and Huffman table
 overhead is per frame).
 """
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -74,8 +75,29 @@ _TREND_BLOCK_BITS = (6,)  # 64 samples, 16 minutes at 15 s: 32 and 128 were with
 _MAX_SAMPLES = 86_400_000  # one UTC day of unique millisecond timestamps
 
 
-@lru_cache(maxsize=None)
+# zstd contexts must not be used by two threads at once (the hub compacts in a worker thread while queries
+# decode on the event loop), so every thread gets its own.
+_contexts = threading.local()
+
+
 def _compressor(level: int, size_class: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_contexts, "compressors", None)
+    if cache is None:
+        cache = _contexts.compressors = {}
+    key = (level, size_class)
+    if key not in cache:
+        cache[key] = _new_compressor(level, size_class)
+    return cache[key]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_contexts, "decompressor", None)
+    if d is None:
+        d = _contexts.decompressor = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
+    return d
+
+
+def _new_compressor(level: int, size_class: int) -> zstandard.ZstdCompressor:
     # zstd tunes each level for inputs up to 16 KB, 128 KB, 256 KB and beyond; told the size, level 17
     # needs ~1 ms on a 2 KB stream instead of ~10 ms spent setting up tables sized for megabytes.
     return zstandard.ZstdCompressor(
@@ -98,7 +120,6 @@ def _size_class(n: int) -> int:
     return 0  # unknown size: zstd's defaults for large inputs
 
 
-_decompressor = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
 
 
 # --- public API -------------------------------------------------------------
@@ -499,7 +520,7 @@ def _decompress(frame: bytes, size: int) -> bytes:
             f"chunk blob is corrupt: {len(frame)} compressed bytes cannot hold the {size} the header promises"
         )
     try:
-        body = _decompressor.decompress(frame, max_output_size=size)
+        body = _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as error:
         raise StoreError(f"chunk blob is corrupt: its zstd frame does not decompress ({error})") from None
     if len(body) != size:

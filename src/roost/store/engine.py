@@ -617,12 +617,8 @@ class Store:
                     "SELECT id, size, garbage FROM files WHERE id < ? AND garbage >= size * ?", (newest or 0, min_ratio)
                 ).fetchall():
                     live = conn.execute("SELECT id, n, offset, length FROM chunks WHERE file = ?", (file_id,)).fetchall()
-                    blobs = [(row_id, n, self.files.read(file_id, off, length)) for row_id, n, off, length in live]
-                    conn.executemany("DELETE FROM chunks WHERE id = ?", [(b[0],) for b in blobs])
-                    locations = self.files.append(conn, [b[2] for b in blobs], fsync=self.options.fsync)
-                    conn.executemany(
-                        "INSERT INTO chunks (id, n, file, offset, length) VALUES (?, ?, ?, ?, ?)",
-                        [(row_id, n, *loc) for (row_id, n, _b), loc in zip(blobs, locations)],
+                    self._write_sealed(
+                        conn, [(row_id, n, self.files.read(file_id, off, length)) for row_id, n, off, length in live]
                     )
                     conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
                     removed.append(file_id)

@@ -163,7 +163,7 @@ class Store:
         self._series_by_key: dict[str, int] = {}
         self._series_by_id: dict[int, Series] = {}
         self._sid_by_series: dict[Series, int] = {}  # the hot path: no str() per reading
-        self._compact_lock = threading.Lock()
+        self._compact_lock = threading.RLock()  # held by every write transaction (re-entered by GC)
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_bytes = 0
         self._rollup_cache: OrderedDict[tuple[int, int, int], tuple[Rows, int]] = OrderedDict()
@@ -392,26 +392,14 @@ class Store:
         frozen = self._frozen
         if not frozen:
             return 0
-        with self._compact_lock:
-            conn = _connect(self.db_path)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                n = 0
-                for sid, hs in frozen.items():
-                    ts, values = self._head_arrays(hs)
-                    self._merge_into_chunks(conn, sid, ts, values, now=now)
-                    n += len(ts)
-                self._seal_finished_days(conn, (now if now is not None else now_ms()) // DAY_MS)
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('wal_compacted', ?)", (str(self._frozen_seq),)
-                )
-                conn.execute("COMMIT")
-            except (sqlite3.OperationalError, OSError) as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise self._write_error(exc) from None
-            finally:
-                conn.close()
+        n = 0
+        with self._write_transaction() as conn:
+            for sid, hs in frozen.items():
+                ts, values = self._head_arrays(hs)
+                self._merge_into_chunks(conn, sid, ts, values, now=now)
+                n += len(ts)
+            self._seal_finished_days(conn, (now if now is not None else now_ms()) // DAY_MS)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('wal_compacted', ?)", (str(self._frozen_seq),))
         return n
 
     def finish_compaction(self, ok: bool) -> None:
@@ -441,6 +429,30 @@ class Store:
             raise
         self.finish_compaction(True)
         return n
+
+    @contextlib.contextmanager
+    def _write_transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT under the compaction lock; failures roll back and become StoreError.
+
+        Without `conn` it runs on a connection of its own, so it is safe in a worker thread.
+        """
+        with self._compact_lock:
+            c = _connect(self.db_path) if conn is None else conn
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                yield c
+                c.execute("COMMIT")
+            except (sqlite3.OperationalError, OSError) as exc:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise self._write_error(exc) from None
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            finally:
+                if conn is None:
+                    c.close()
 
     def _write_error(self, exc: Exception) -> StoreError:
         if "full" in str(exc) or getattr(exc, "errno", None) == 28:
@@ -608,10 +620,8 @@ class Store:
             if not allowed:
                 log.info("garbage collection postponed: a snapshot is copying the data files")
                 return 0
-            conn = _connect(self.db_path)
             removed: list[int] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with self._write_transaction() as conn:
                 newest = conn.execute("SELECT max(id) FROM files").fetchone()[0]
                 for file_id, size, garbage in conn.execute(
                     "SELECT id, size, garbage FROM files WHERE id < ? AND garbage >= size * ?", (newest or 0, min_ratio)
@@ -622,13 +632,6 @@ class Store:
                     )
                     conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
                     removed.append(file_id)
-                conn.execute("COMMIT")
-            except (sqlite3.OperationalError, OSError) as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise self._write_error(exc) from None
-            finally:
-                conn.close()
             for file_id in removed:  # still under the permit: a snapshot must never see a file vanish
                 self.files.forget(file_id)
                 self.files.path(file_id).unlink(missing_ok=True)
@@ -684,15 +687,8 @@ class Store:
             self._log_cardinality(series)
             return 0
         ts, values = merge_samples([(np.asarray(ts, np.int64), np.asarray(values, np.float64))])
-        with self._compact_lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                self._merge_into_chunks(self.conn, sid, ts, values, now=now)
-                self.conn.execute("COMMIT")
-            except (sqlite3.OperationalError, OSError) as exc:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise self._write_error(exc) from None
+        with self._write_transaction(self.conn) as conn:
+            self._merge_into_chunks(conn, sid, ts, values, now=now)
         if len(ts):
             latest = self._latest.get(sid)
             if latest is None or ts[-1] >= latest[0]:
@@ -707,26 +703,17 @@ class Store:
         stats = {"chunks_deleted": 0, "chunks_downsampled": 0}
         if not self.options.retention:
             return stats
-        with self._compact_lock:
-            conn = _connect(self.db_path)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for sid, series in self.series():
-                    rule = next((r for r in self.options.retention if r.selector.matches(series)), None)
-                    if rule is None:
-                        continue
-                    if rule.keep_ms is not None:
-                        stats["chunks_deleted"] += self._expire(conn, sid, (now - rule.keep_ms) // DAY_MS)
-                    if rule.raw_ms is not None:
-                        stats["chunks_downsampled"] += self._downsample(conn, sid, (now - rule.raw_ms) // DAY_MS)
-                conn.execute("COMMIT")
-                conn.execute("PRAGMA incremental_vacuum")
-            except (sqlite3.OperationalError, OSError) as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise self._write_error(exc) from None
-            finally:
-                conn.close()
+        with self._write_transaction() as conn:
+            for sid, series in self.series():
+                rule = next((r for r in self.options.retention if r.selector.matches(series)), None)
+                if rule is None:
+                    continue
+                if rule.keep_ms is not None:
+                    stats["chunks_deleted"] += self._expire(conn, sid, (now - rule.keep_ms) // DAY_MS)
+                if rule.raw_ms is not None:
+                    stats["chunks_downsampled"] += self._downsample(conn, sid, (now - rule.raw_ms) // DAY_MS)
+        with contextlib.closing(_connect(self.db_path)) as conn:
+            conn.execute("PRAGMA incremental_vacuum")  # give the freed pages back to the file system
         return stats
 
     def _expire(self, conn: sqlite3.Connection, sid: int, before_day: int) -> int:

@@ -26,6 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(proc: subprocess.Popen, port: int, what: str, log: Path, timeout: float = 10.0) -> None:
+    """Return once `proc` accepts connections on 127.0.0.1:port; fail with its log if it exits or never listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited: {log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise AssertionError(f"{what} did not listen within {timeout:g} s")
+
+
 def hub_settings(data: Path, **store):
     settings = load_config(None, data_dir=str(data))
     return replace(settings, hub=replace(settings.hub, listen="127.0.0.1:0"), store=replace(settings.store, **store))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import socket
 import ssl
 import subprocess
 import textwrap
@@ -34,7 +33,7 @@ from roost.sources.mqtt import (
 )
 from roost.telemetry import SelfMetrics
 
-from conftest import free_port, hub_settings
+from conftest import free_port, hub_settings, wait_for_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -77,16 +76,7 @@ class Mosquitto:
     def start(self) -> None:
         self.log = open(self.directory / "mosquitto.log", "a")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"mosquitto exited: {(self.directory / 'mosquitto.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError("mosquitto did not listen within 10 s")
+        wait_for_port(self.proc, self.port, "mosquitto", self.directory / "mosquitto.log")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -7,7 +7,6 @@ which would announce over mDNS and listen on every interface.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import time
 
 import aiohttp
 import pytest
-from conftest import free_port, hub_settings
+from conftest import free_port, hub_settings, wait_for_port
 
 from roost.hub import Hub
 from roost.secret import Secret
@@ -72,16 +71,7 @@ class WebThingLab:
     def start(self) -> None:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen([sys.executable, str(self.script), str(self.port)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"webthing server exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("webthing server did not listen within 20 s")
+        wait_for_port(self.proc, self.port, "webthing server", self.log, timeout=20)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import orjson
 from aiohttp import web
 
 from roost.api.dashboard import add_dashboard_routes
 from roost.api.prometheus import add_prometheus_routes
+from roost.api.responses import json_response
 from roost.api.things import add_thing_routes
 from roost.durability.replication import add_replication_routes
 from roost.durations import parse_duration_ms, parse_time_ms
@@ -34,16 +34,8 @@ HUB = web.AppKey("hub", object)
 MAX_POINTS = 20_000  # per series and query; more is a mistake in the step, not a graph
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-    response = web.Response(body=body, status=status, content_type="application/json")
-    if len(body) > 4096:  # a week of four charts is ~100 kB of JSON, ~14 kB gzipped (when the client accepts it)
-        response.enable_compression()
-    return response
-
-
 def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
+    return json_response({"error": message}, status)
 
 
 def create_app(hub: Hub) -> web.Application:
@@ -67,7 +59,7 @@ def _hub(request: web.Request) -> Hub:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok", "series": _hub(request).store.series_count})
+    return json_response({"status": "ok", "series": _hub(request).store.series_count})
 
 
 def _selector(request: web.Request, required: bool) -> Selector | None:
@@ -93,7 +85,7 @@ async def api_series(request: web.Request) -> web.Response:
             ts, value = latest[series]
             entry["latest"] = {"ts": ts, "value": value}
         out.append(entry)
-    return _json({"series": out})
+    return json_response({"series": out})
 
 
 def query_params(params, now: int) -> tuple[int, int, int, str]:
@@ -127,7 +119,7 @@ async def api_query(request: web.Request) -> web.Response:
         results = hub.store.query(selector, start, end, step, agg)
     except (QueryError, StoreError) as err:
         return _error(400, str(err))
-    return _json(
+    return json_response(
         {
             "start": start,
             "end": end,

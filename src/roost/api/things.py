@@ -30,6 +30,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import Counter
 
+from roost.api.responses import json_response
 from roost.errors import RoostError
 from roost.things import (
     ActionRequest,
@@ -73,10 +74,6 @@ def add_thing_routes(app: web.Application, hub: Hub) -> None:
     r.add_get("/things/{id}/events/{name}", api.get_events)
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
 def _status(err: RoostError) -> int:
     return err.status if isinstance(err, ThingError) else 502
 
@@ -117,23 +114,23 @@ class _ThingApi:
 
     async def things(self, request: web.Request) -> web.Response:
         origin, ws_origin = _origins(request)
-        return _json([thing_description(t, origin, ws_origin) for t in self.registry])
+        return json_response([thing_description(t, origin, ws_origin) for t in self.registry])
 
     async def thing(self, request: web.Request) -> web.StreamResponse:
         try:
             thing = self.registry.get(request.match_info["id"])
         except ThingError as err:
-            return _json({"error": str(err)}, err.status)
+            return json_response({"error": str(err)}, err.status)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, thing)
-        return _json(thing_description(thing, *_origins(request)))
+        return json_response(thing_description(thing, *_origins(request)))
 
     async def properties(self, request: web.Request) -> web.Response:
         try:
             thing = self.registry.get(request.match_info["id"])
         except ThingError as err:
-            return _json({"error": str(err)}, err.status)
-        return _json({name: thing.values.get(name) for name in thing.properties})
+            return json_response({"error": str(err)}, err.status)
+        return json_response({name: thing.values.get(name) for name in thing.properties})
 
     async def get_property(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -141,8 +138,8 @@ class _ThingApi:
             thing = self.registry.get(request.match_info["id"])
             thing.spec(name)
         except ThingError as err:
-            return _json({"error": str(err)}, err.status)
-        return _json({name: thing.values.get(name)})
+            return json_response({"error": str(err)}, err.status)
+        return json_response({name: thing.values.get(name)})
 
     async def put_property(self, request: web.Request) -> web.Response:
         thing_id, name = request.match_info["id"], request.match_info["name"]
@@ -154,8 +151,8 @@ class _ThingApi:
                 raise ThingError(f'thing {thing_id!r} property {name!r}: expected a body like {{"{name}": value}}, got {body!r:.100}')
             await self.registry.set(thing_id, name, body[name], origin="api")
         except RoostError as err:
-            return _json({"error": str(err)}, _status(err))
-        return _json({name: thing.values.get(name)})
+            return json_response({"error": str(err)}, _status(err))
+        return json_response({name: thing.values.get(name)})
 
     async def post_action(self, request: web.Request) -> web.Response:
         thing_id, only = request.match_info["id"], request.match_info.get("name")
@@ -171,38 +168,38 @@ class _ThingApi:
                 raise ThingError(f'thing {thing_id!r} action {name!r}: expected {{"input": ...}}, got {params!r:.100}')
             action = self.registry.request_action(thing_id, name, (params or {}).get("input"), origin="api")
         except RoostError as err:
-            return _json({"error": str(err)}, _status(err))
-        return _json({action.name: action.description()}, 201)
+            return json_response({"error": str(err)}, _status(err))
+        return json_response({action.name: action.description()}, 201)
 
     async def get_actions(self, request: web.Request) -> web.Response:
         try:
             actions = self.registry.actions(request.match_info["id"], request.match_info.get("name"))
         except ThingError as err:
-            return _json({"error": str(err)}, err.status)
-        return _json([{a.name: a.description()} for a in actions])
+            return json_response({"error": str(err)}, err.status)
+        return json_response([{a.name: a.description()} for a in actions])
 
     async def get_action(self, request: web.Request) -> web.Response:
         m = request.match_info
         try:
             action = self.registry.action(m["id"], m["name"], m["request"])
         except ThingError as err:
-            return _json({"error": str(err)}, err.status)
-        return _json({action.name: action.description()})
+            return json_response({"error": str(err)}, err.status)
+        return json_response({action.name: action.description()})
 
     async def delete_action(self, request: web.Request) -> web.Response:
         m = request.match_info
         try:
             self.registry.cancel_action(self.registry.action(m["id"], m["name"], m["request"]))
         except ThingError as err:
-            return _json({"error": str(err)}, err.status)
+            return json_response({"error": str(err)}, err.status)
         return web.Response(status=204)
 
     async def get_events(self, request: web.Request) -> web.Response:
         try:
             events = self.registry.event_log(request.match_info["id"], request.match_info.get("name"))
         except ThingError as err:
-            return _json({"error": str(err)}, err.status)
-        return _json([{e.name: e.description()} for e in events])
+            return json_response({"error": str(err)}, err.status)
+        return json_response([{e.name: e.description()} for e in events])
 
     # ------------------------------------------------------------ WebSocket
 

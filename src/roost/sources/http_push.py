@@ -12,9 +12,9 @@ import asyncio
 import zlib
 from typing import TYPE_CHECKING
 
-import orjson
 from aiohttp import web
 
+from roost.api.responses import json_response
 from roost.errors import RoostError, StoreFullError
 from roost.model import now_ms
 from roost.transfer.lineprotocol import ParseResult, parse_lines
@@ -136,12 +136,10 @@ def _parse(body: bytes, precision: str, default_ts_ms: int) -> ParseResult:
 
 
 def _v1_error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
+    return json_response({"error": message}, status)
 
 
 def _v2_error(status: int, message: str) -> web.Response:
-    return _json({"code": _V2_CODES.get(status, "invalid"), "message": message}, status)
+    return json_response({"code": _V2_CODES.get(status, "invalid"), "message": message}, status)
 
 
-def _json(data: object, status: int) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

@@ -16,12 +16,26 @@ from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from roost.errors import SourceError
-from roost.model import Reading
+from roost.model import LABEL_NAME, Reading
 from roost.telemetry import SelfMetrics
 
 log = logging.getLogger("roost.sources")
 
 _LOG_INTERVAL_S = 60.0
+
+
+def label_problems(labels, reserved: dict[str, str], *, quote=lambda name: f'"{name}"') -> list[str]:
+    """Config problems of a source's extra `labels`: invalid names, and names the source sets itself.
+
+    `reserved` maps each label the source sets to a hint appended to the message ("" for none).
+    """
+    problems = []
+    for label in labels:
+        if not LABEL_NAME.fullmatch(label) or label.startswith("__"):
+            problems.append(f"labels: {quote(label)} is not a label name (letters, digits and _, not starting with a digit)")
+        elif label in reserved:
+            problems.append(f"labels: {quote(label)} is set by the source itself{reserved[label]}")
+    return problems
 
 
 class SourceContext:

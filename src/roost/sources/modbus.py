@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 from roost.durations import Duration
 from roost.errors import InvalidReading, SourceError
-from roost.model import LABEL_NAME, METRIC_NAME, Reading, Series, now_ms
-from roost.sources.base import Source, SourceContext
+from roost.model import METRIC_NAME, Reading, Series, now_ms
+from roost.sources.base import Source, SourceContext, label_problems
 from roost.sources.modbus_profiles import PROFILES
 
 if TYPE_CHECKING:
@@ -129,13 +129,7 @@ def _check_profile(name: str) -> None:
 
 
 def _label_problems(labels: dict[str, str]) -> list[str]:
-    problems = []
-    for label in labels:
-        if not LABEL_NAME.match(label) or label.startswith("__"):
-            problems.append(f"labels: {label!r} is not a label name (letters, digits and '_', not starting with a digit)")
-        elif label in _RESERVED_LABELS:
-            problems.append(f"labels: {label!r} is set by the source itself")
-    return problems
+    return label_problems(labels, dict.fromkeys(_RESERVED_LABELS, ""), quote=repr)
 
 
 @dataclass(frozen=True, slots=True)

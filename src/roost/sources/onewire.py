@@ -24,8 +24,8 @@ from pathlib import Path
 
 from roost.durations import Duration
 from roost.errors import SourceError
-from roost.model import LABEL_NAME, Reading, Series, now_ms
-from roost.sources.base import Source
+from roost.model import Reading, Series, now_ms
+from roost.sources.base import Source, label_problems
 
 METRIC = "temperature_celsius"
 _SENSOR_ID = re.compile(r"28-[0-9a-f]{12}")
@@ -55,12 +55,8 @@ class OneWireSettings:
                 )
             elif not room:
                 problems.append(f"sensors: the room of {sensor_id} is empty")
-        for label in self.labels:
-            if not LABEL_NAME.fullmatch(label) or label.startswith("__"):
-                problems.append(f'labels: "{label}" is not a label name (letters, digits and _, not starting with a digit)')
-            elif label in ("sensor", "room"):
-                problems.append(f'labels: "{label}" is set by the source itself (room comes from `sensors`)')
-        return problems
+        hint = " (room comes from `sensors`)"
+        return problems + label_problems(self.labels, {"sensor": hint, "room": hint})
 
 
 class _Unusable(Exception):

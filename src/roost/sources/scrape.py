@@ -21,9 +21,9 @@ from yarl import URL
 from roost import __version__
 from roost.durations import Duration
 from roost.errors import InvalidReading, SourceError
-from roost.model import LABEL_NAME, Reading, Series, now_ms
+from roost.model import Reading, Series, now_ms
 from roost.secret import Secret
-from roost.sources.base import Source
+from roost.sources.base import Source, label_problems
 
 # Larger than any sane exposition (node_exporter sends ~100 kB); beyond it a misconfigured URL is streaming a file.
 _MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -71,12 +71,8 @@ class ScrapeSettings:
                 f"timeout: must be shorter than interval ({self.timeout_ms} ms >= {self.interval_ms} ms), "
                 "or scrapes would overlap"
             )
-        for label in self.labels:
-            if not LABEL_NAME.fullmatch(label) or label.startswith("__"):
-                problems.append(f'labels: "{label}" is not a label name (letters, digits and _, not starting with a digit)')
-            elif label in ("job", "instance"):
-                problems.append(f'labels: "{label}" is set by the source itself (set job with the `job` key)')
-        return problems
+        hint = " (set job with the `job` key)"
+        return problems + label_problems(self.labels, {"job": hint, "instance": hint})
 
     @property
     def instance(self) -> str:

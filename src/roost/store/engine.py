@@ -5,7 +5,8 @@ Files under the data directory:
   store.db   SQLite (WAL mode): series; open_chunks (day chunks of days not finished yet, rewritten as the day
              fills); chunks (the index of sealed day chunks: file, offset, length); files (data files, their
              committed size and garbage); rollup_1h (one row per series and 32-day block); rollup_5m (per
-             series-day, only where raw samples were dropped by a `raw` retention rule); meta
+             series-day, only where raw samples were dropped by a `raw` retention rule); meta;
+             bulk_changes (the day chunks each bulk write changed, in order: what a standby pulls)
   chunks/    append-only data files holding sealed day chunks back to back (segments.py)
   wal/       append-only segments of readings not yet compacted
   LOCK       held by the one process that writes the WAL (the hub)
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, size INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS rollup_1h (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rollup_5m (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bulk_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL);
 """
 
 
@@ -689,6 +691,7 @@ class Store:
         ts, values = merge_samples([(np.asarray(ts, np.int64), np.asarray(values, np.float64))])
         with self._write_transaction(self.conn) as conn:
             self._merge_into_chunks(conn, sid, ts, values, now=now)
+            self._log_bulk_change(conn, sid, ts)
         if len(ts):
             latest = self._latest.get(sid)
             if latest is None or ts[-1] >= latest[0]:
@@ -976,6 +979,71 @@ class Store:
         except sqlite3.OperationalError as exc:
             raise self._write_error(exc) from None
         self._load_series()
+
+
+    # -- the bulk-change log: a standby gets the write-ahead log streamed, and pulls what bulk writes changed
+
+    @staticmethod
+    def _log_bulk_change(conn: sqlite3.Connection, sid: int, ts: np.ndarray) -> None:
+        """Note the day chunks of `sid` a bulk write touched, in its own transaction (a standby pulls them)."""
+        if len(ts):
+            days = np.unique(ts // DAY_MS).tolist()
+            conn.executemany("INSERT INTO bulk_changes (id) VALUES (?)", [(_row_id(d, sid),) for d in days])
+
+    def bulk_change_seq(self) -> int:
+        """The number of the newest bulk change ever logged (0: none)."""
+        try:
+            row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'bulk_changes'").fetchone()
+        except sqlite3.OperationalError:  # a store older than the log
+            return 0
+        return int(row[0]) if row else 0
+
+    def bulk_changes(self, after: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], int] | None:
+        """Day chunks (row id, encoded blob) changed by bulk writes logged after change `after`, each once, about
+        `max_bytes` at most, from one snapshot of the index; and the change the answer reaches (the next `after`).
+
+        None when changes after `after` were already trimmed away (the asker must copy the store again). Thread-safe.
+        """
+        for _attempt in range(5):
+            with contextlib.closing(_connect(self.db_path)) as conn:
+                conn.execute("BEGIN")
+                row = conn.execute("SELECT value FROM meta WHERE key = 'bulk_changes_trimmed'").fetchone()
+                if row is not None and after < int(row[0]):
+                    return None
+                out: list[tuple[int, bytes]] = []
+                seen: set[int] = set()
+                size, reached = 0, after
+                try:
+                    while True:
+                        page = conn.execute(
+                            "SELECT seq, id FROM bulk_changes WHERE seq > ? ORDER BY seq LIMIT 256", (reached,)
+                        ).fetchall()
+                        if not page:
+                            return out, reached
+                        blobs = dict(self._load_chunks(conn, list({i for _s, i in page} - seen)))
+                        for seq, row_id in page:
+                            if row_id not in seen:
+                                blob = blobs.get(row_id)  # None: deleted since (retention)
+                                if blob is not None:
+                                    if out and size + len(blob) > max_bytes:
+                                        return out, reached
+                                    out.append((row_id, blob))
+                                    size += len(blob)
+                                seen.add(row_id)
+                            reached = seq
+                except ChunkMoved:  # garbage collection moved a chunk under this snapshot: take a newer one
+                    continue
+        raise StoreError(f"{self.data_dir}: chunks kept moving while reading the bulk-change log; try again")
+
+    def trim_bulk_changes(self, upto: int) -> None:
+        """Forget logged bulk changes up to `upto` (what the standby has applied, or all without a standby)."""
+        with self._write_transaction() as conn:
+            conn.execute("DELETE FROM bulk_changes WHERE seq <= ?", (upto,))
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('bulk_changes_trimmed', "
+                "max(?, coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'bulk_changes_trimmed'), 0)))",
+                (upto,),
+            )
 
 
 GC_LOCK = "GC.LOCK"

@@ -5,6 +5,8 @@ create-blocks-from openmetrics`); every query runs as `/api/v1/query_range` agai
 start/end/step and the answers are compared series by series and step by step (relative tolerance 1e-9).
 It has counters with resets (one reset right after a gap), gauges with several label sets, irregular sample
 spacing, gaps longer than the 5-minute lookback, and samples exactly on window edges (15 s samples, 60 s steps).
+Two days of water and outdoor series, some sampled exactly on the hour with a reset exactly on one, are queried
+on hour- and 5-minute-aligned grids too, where roost answers from bucket summaries instead of raw samples.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ T0 = 1_700_000_000_000  # ms, 2023-11-14T22:13:20Z
 SPAN = 3 * 3_600_000
 START = T0 + 10 * 60_000  # a range whose first windows reach back before the data starts is covered too
 END = T0 + SPAN + 10 * 60_000
+HOUR = 3_600_000
+DAY = 24 * HOUR
+H0 = T0 - T0 % HOUR  # 22:00, the hour the short series start in
 
 
 def _dataset() -> dict[Series, tuple[np.ndarray, np.ndarray]]:
@@ -58,6 +63,20 @@ def _dataset() -> dict[Series, tuple[np.ndarray, np.ndarray]]:
     for room in ("lounge", "bedroom"):
         ts = T0 + np.sort(rng.choice(np.arange(0, SPAN, 1000), 900, replace=False))
         data[Series.of("humidity_percent", room=room)] = (ts, np.clip(50 + np.cumsum(rng.normal(0, 0.3, len(ts))), 5, 95).round(1))
+    # Two days around H0. w1: every minute on the minute (a sample on every hour), a reset exactly on an hour,
+    # one inside an hour, a 2-hour gap. w2: irregular, whole seconds, resets.
+    minutes = H0 - DAY + np.arange(0, 2 * DAY, 60_000)
+    minutes = minutes[(minutes <= H0 - 6 * HOUR) | (minutes >= H0 - 4 * HOUR)]
+    data[Series.of("water_liters_total", meter="w1")] = counter(minutes, 0.5, resets_at=(-10 * HOUR - T0 % HOUR, -3 * HOUR + 30_000))
+    seconds = H0 - DAY + np.cumsum(rng.integers(20, 400, 900) * 1000)
+    data[Series.of("water_liters_total", meter="w2")] = counter(seconds[seconds < H0 + DAY], 2.0, resets_at=(-HOUR,))
+    # outdoor: garden every 5 minutes on the mark with a 90-minute gap; roof at odd milliseconds
+    marks = H0 - DAY + np.arange(0, 2 * DAY, 300_000)
+    marks = marks[(marks < H0 + 2 * HOUR) | (marks > H0 + 3 * HOUR + 1_800_000)]
+    data[Series.of("outdoor_celsius", site="garden")] = (marks, (8 + np.cumsum(rng.normal(0, 0.2, len(marks)))).round(2))
+    odd = H0 - DAY + np.cumsum(rng.integers(30_000, 200_000, 1500))
+    odd = odd[odd < H0 + DAY]
+    data[Series.of("outdoor_celsius", site="roof")] = (odd, (6 + np.cumsum(rng.normal(0, 0.2, len(odd)))).round(2))
     return data
 
 
@@ -105,9 +124,28 @@ QUERIES = [
     ('rate(requests_total{code="500"}[5m]) / ignoring(code) rate(requests_total{code="200"}[5m])', "ratio of rates"),
     ("temperature_celsius < bool on(room) humidity_percent", "vector-vector bool comparison"),
     ("max(max_over_time(temperature_celsius[1h])) - min(min_over_time(temperature_celsius[1h]))", "scalar-free vector-vector on empty labels"),
+    # whole-hour windows: from summaries on the hour grid
+    ("outdoor_celsius", "instant selector: a sample on the step, the last one before it, staleness in a gap"),
+    ("max_over_time(outdoor_celsius[1h])", "max_over_time with a sample on both window edges"),
+    ("min_over_time(outdoor_celsius[2h])", "min_over_time over two buckets"),
+    ("avg_over_time(outdoor_celsius[1d])", "avg_over_time over a day"),
+    ("last_over_time(outdoor_celsius[1h])", "last_over_time across a gap"),
+    ("delta(outdoor_celsius[1h])", "delta from bucket edges"),
+    ("sum_over_time(water_liters_total[1h])", "sum_over_time"),
+    ("count_over_time(water_liters_total[1h])", "count_over_time, closed window edges"),
+    ("rate(water_liters_total[1h])", "rate: a reset exactly on a bucket edge, one inside a bucket, a gap"),
+    ("increase(water_liters_total[1d])", "increase over a day of buckets"),
+    ("increase(water_liters_total[1h] offset 1h)", "increase with an offset"),
+    ("sum(increase(water_liters_total[1d]))", "daily total"),
+    ("max by (site) (max_over_time(outdoor_celsius[1h]))", "max by over max_over_time"),
 ]
 
-GRIDS = [(START, END, 60_000), (START + 7_000, END - 3_000, 113_000)]  # aligned with samples, and not
+GRIDS = [
+    (START, END, 60_000),  # steps on samples of the 15 s series
+    (START + 7_000, END - 3_000, 113_000),  # steps between samples
+    (H0 - DAY, H0 + DAY, HOUR),  # whole hours: hourly summaries
+    (START - START % 300_000, END - END % 300_000, 300_000),  # whole 5 minutes: 5-minute summaries
+]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +193,7 @@ def _close(a: float, b: float) -> bool:
     return a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b)) + 1e-12
 
 
-@pytest.mark.parametrize("grid", GRIDS, ids=["step60s-aligned", "step113s-offset"])
+@pytest.mark.parametrize("grid", GRIDS, ids=["step60s", "step113s-offset", "step1h-hours", "step5m-5minutes"])
 @pytest.mark.parametrize("query,covers", QUERIES, ids=[q for q, _c in QUERIES])
 def test_query_range_matches_prometheus(peers, query, covers, grid):
     prometheus_url, roost_url = peers

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from roost.errors import StoreError
 from roost.model import Reading, Series
 from roost.selector import Selector
 from roost.store import DAY_MS, RetentionRule, Store, StoreOptions
+from roost.store.summaries import COUNT, LAST, summarize
 from roost.store.wal import segment_path
 
 T0 = 1_700_006_400_000  # 2023-11-15T00:00:00Z, a day boundary
@@ -237,3 +239,24 @@ def test_garbage_collection_reclaims_rewritten_and_expired_chunks_and_keeps_the_
         assert got_ts == ts.tolist()
         assert got_values == (values[:5000] + 1).tolist() + values[5000:].tolist()
         assert min(_raw(s, BEDROOM)[0]) >= now - 5 * DAY_MS
+
+
+def test_a_read_view_reads_in_a_worker_thread_what_was_stored_when_it_was_taken(store):
+    store.write_bulk(LOUNGE, T0 + np.arange(0, DAY_MS, 60_000), np.arange(1440.0), now=T0 + 5 * DAY_MS)  # sealed day
+    late = [Reading(LOUNGE, T0 + 30_000 + i * 60_000, -1.0) for i in range(60)]  # late data for the sealed day
+    store.write(late + [Reading(LOUNGE, T0 + DAY_MS + i * 60_000, 5.0) for i in range(10)])
+    view = store.read_view()
+    store.write([Reading(LOUNGE, T0 + DAY_MS + 3_600_000, 9.0)])  # after the view was taken: not in it
+
+    def both(v):
+        (raw,) = v.read(Selector.parse(str(LOUNGE)), T0, T0 + 2 * DAY_MS)
+        ((_series, hourly),) = v.summaries(Selector.parse(str(LOUNGE)), T0, T0 + 2 * DAY_MS, 3_600_000)
+        return raw, hourly
+
+    with ThreadPoolExecutor(1) as pool:
+        raw, hourly = pool.submit(view.run, both).result()
+    assert len(raw.ts) == 1440 + 60 + 10 and raw.values[1] == -1.0 and raw.ts[-1] == T0 + DAY_MS + 9 * 60_000
+    np.testing.assert_array_equal(hourly.rows, summarize(raw.ts, raw.values, 3_600_000).rows)
+    assert hourly.rows[COUNT, 0] == 120 and hourly.rows[LAST, -1] == 5.0
+    with pytest.raises(StoreError, match="inside run"):
+        list(view.read(ALL_TEMPS, T0, T0 + DAY_MS))

@@ -13,6 +13,9 @@ Routes (docs/prometheus.md, docs/remote-write.md):
 Responses have Prometheus' shapes: `{"status": "success", "data": ...}`, sample values as strings, timestamps
 as float seconds, and errors `{"status": "error", "errorType": "bad_data"|"execution", "error": ...}` with 400
 or 422, so Grafana's Prometheus data source and `promtool query` work unchanged.
+
+Queries are evaluated, and their answers encoded, in a thread of their own on a `ReadView` of the store, one at
+a time, so a month-long query does not hold up live streams, MQTT or ingest on the event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -37,11 +42,12 @@ from roost.export.prompb import WireError, decode_write_request
 from roost.model import now_ms
 from roost.promql import BadData, PromQLError, RawMatrix, Vector
 from roost.selector import Selector
+from roost.store import ReadView
 
 if TYPE_CHECKING:
     from roost.hub import Hub
 
-__all__ = ["add_prometheus_routes", "exposition", "format_value"]
+__all__ = ["add_prometheus_routes", "exposition", "format_value", "format_values"]
 
 MAX_WRITE_BYTES = 32 * 1024 * 1024  # decoded; Prometheus sends a few hundred KB per request
 _RATE_WINDOW_S = 60.0
@@ -62,6 +68,7 @@ def add_prometheus_routes(app: web.Application, hub: Hub) -> None:
     app.router.add_get("/api/v1/label/{name}/values", api.label_values)
     app.router.add_get("/api/v1/status/buildinfo", api.buildinfo)
     app.router.add_post("/api/v1/write", api.remote_write)
+    app.on_cleanup.append(api.close)
 
 
 # ---------------------------------------------------------------------- values and responses
@@ -79,8 +86,30 @@ def format_value(v: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+def format_values(values: np.ndarray) -> list[str]:
+    """`format_value` of every value: Python's repr for the digits, fixed up where Go's format differs."""
+    out = list(map(repr, values.tolist()))
+    magnitude = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        whole = (values == np.trunc(values)) & (magnitude < 1e16)  # repr "21.0" -> "21"
+        special = ~np.isfinite(values) | (magnitude >= 1e16) | ((magnitude < 1e-4) & (values != 0))  # nan, inf, exponents
+    for i in np.flatnonzero(whole).tolist():
+        out[i] = out[i][:-2]
+    for i in np.flatnonzero(special).tolist():
+        out[i] = format_value(float(values[i]))
+    return out
+
+
 def _success(data: object) -> web.Response:
-    return web.Response(body=orjson.dumps({"status": "success", "data": data}), content_type="application/json")
+    return _json(_success_body(data))
+
+
+def _success_body(data: object) -> bytes:
+    return orjson.dumps({"status": "success", "data": data})
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 def _failure(err: PromQLError) -> web.Response:
@@ -135,9 +164,15 @@ class _PrometheusApi:
             registry=hub.metrics.registry,
         )
         self._published: deque[tuple[float, int]] = deque()
+        self._queries = ThreadPoolExecutor(1, thread_name_prefix="roost-promql")
 
-    def _read(self, selector: Selector, start_ms: int, end_ms: int):
-        return self.hub.store.read(selector, start_ms, end_ms)
+    async def close(self, _app: web.Application) -> None:
+        self._queries.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_query_thread(self, answer: Callable[[ReadView], bytes]) -> bytes:
+        """`answer(view)` in the query thread, on a view of the store taken here on the event loop."""
+        view = self.hub.store.read_view()
+        return await asyncio.get_running_loop().run_in_executor(self._queries, view.run, answer)
 
     # ------------------------------------------------------------------ queries
 
@@ -146,24 +181,9 @@ class _PrometheusApi:
             params = await _params(request)
             text = params.get("query", "")
             t = _parse_time("time", params["time"]) if params.get("time") else now_ms()
-            result = promql.evaluate(self._read, text, t, t, 1000)
+            return _json(await self._in_query_thread(lambda view: _instant_body(promql.evaluate(view, text, t, t, 1000), t)))
         except PromQLError as err:
             return _failure(err)
-        seconds = t / 1000
-        if isinstance(result, np.ndarray):
-            return _success({"resultType": "scalar", "result": [seconds, format_value(float(result[0]))]})
-        if isinstance(result, RawMatrix):
-            out = [
-                {"metric": _metric(lb), "values": [[ms / 1000, format_value(v)] for ms, v in zip(ts.tolist(), vs.tolist())]}
-                for lb, ts, vs in result.series
-            ]
-            return _success({"resultType": "matrix", "result": out})
-        out = [
-            {"metric": _metric(lb), "value": [seconds, format_value(float(result.values[i, 0]))]}
-            for i, lb in enumerate(result.labels)
-            if result.present[i, 0]
-        ]
-        return _success({"resultType": "vector", "result": out})
 
     async def query_range(self, request: web.Request) -> web.Response:
         try:
@@ -175,15 +195,13 @@ class _PrometheusApi:
             end = _parse_time("end", params["end"])
             step = _parse_step(params["step"])
             text = params.get("query", "")
-            result = promql.evaluate(self._read, text, start, end, step)
-            if isinstance(result, RawMatrix):
-                raise BadData("invalid expression type \"range vector\" for range query, must be Scalar or instant Vector")
+
+            def answer(view: ReadView) -> bytes:
+                return _range_body(promql.evaluate(view, text, start, end, step), start, end, step)
+
+            return _json(await self._in_query_thread(answer))
         except PromQLError as err:
             return _failure(err)
-        steps = [t / 1000 for t in range(start, end + 1, step)]
-        if isinstance(result, np.ndarray):
-            result = Vector([()], result[None, :], np.ones((1, len(steps)), bool))
-        return _success({"resultType": "matrix", "result": _matrix(result, steps)})
 
     # ------------------------------------------------------------------ metadata
 
@@ -290,15 +308,37 @@ class _PrometheusApi:
         return web.Response(status=204)
 
 
-def _matrix(vec: Vector, steps: list[float]) -> list[dict]:
+def _instant_body(result, t: int) -> bytes:
+    seconds = t / 1000
+    if isinstance(result, np.ndarray):
+        return _success_body({"resultType": "scalar", "result": [seconds, format_value(float(result[0]))]})
+    if isinstance(result, RawMatrix):
+        out = [
+            {"metric": _metric(lb), "values": list(zip((ts / 1000).tolist(), format_values(vs)))}
+            for lb, ts, vs in result.series
+        ]
+        return _success_body({"resultType": "matrix", "result": out})
+    present = np.flatnonzero(result.present[:, 0]).tolist()
+    texts = format_values(result.values[present, 0])
+    out = [{"metric": _metric(result.labels[i]), "value": [seconds, text]} for i, text in zip(present, texts)]
+    return _success_body({"resultType": "vector", "result": out})
+
+
+def _range_body(result, start: int, end: int, step: int) -> bytes:
+    if isinstance(result, RawMatrix):
+        raise BadData("invalid expression type \"range vector\" for range query, must be Scalar or instant Vector")
+    steps = np.arange(start, end + 1, step, dtype=np.int64) / 1000
+    if isinstance(result, np.ndarray):
+        result = Vector([()], result[None, :], np.ones((1, len(steps)), bool))
+    return _success_body({"resultType": "matrix", "result": _matrix(result, steps)})
+
+
+def _matrix(vec: Vector, steps: np.ndarray) -> list[dict]:
     out = []
     for i, lb in enumerate(vec.labels):
-        present = vec.present[i]
-        idx = np.flatnonzero(present).tolist()
-        if not idx:
-            continue
-        values = vec.values[i].tolist()
-        out.append({"metric": _metric(lb), "values": [[steps[j], format_value(values[j])] for j in idx]})
+        idx = np.flatnonzero(vec.present[i])
+        if len(idx):
+            out.append({"metric": _metric(lb), "values": list(zip(steps[idx].tolist(), format_values(vec.values[i, idx])))})
     return out
 
 

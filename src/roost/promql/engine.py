@@ -10,26 +10,42 @@ sample): range windows `[t - range, t]` closed at both ends, instant selectors t
 Prometheus' `extrapolatedRate` does, including counter resets and the zero-point clamp, and functions and
 arithmetic drop `__name__` except `last_over_time` and filtering comparisons. Prometheus 3 and VictoriaMetrics
 open windows on the left; see docs/prometheus.md.
+
+When the steps, the window and the offset are whole multiples of a summary width (an hour, 5 minutes: what
+Grafana sends for a month at step 1h or a week at step 10m), selectors and range functions other than `irate`
+are answered from per-bucket summaries (roost.store.summaries) instead of raw samples: a window is its whole
+buckets plus the sample exactly on its end, which gives the raw answer from a few values per bucket.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from roost.promql import ast
 from roost.promql.errors import BadData, ExecutionError
+from roost.model import Series
 from roost.selector import Selector
-from roost.store import SeriesData
+from roost.store import WIDTHS_MS, SeriesData, Summary
 
 LOOKBACK_MS = 5 * 60_000
 MAX_STEPS = 11_000  # Prometheus' limit of points per series in one range query
 
 Labels = tuple[tuple[str, str], ...]  # sorted, with ("__name__", metric) while the name is kept
-Reader = Callable[[Selector, int, int], Iterable[SeriesData]]  # Store.read: samples with start <= ts < end
+
+
+class Source(Protocol):
+    """What a query reads: `roost.store.ReadView`."""
+
+    def read(self, selector: Selector, start_ms: int, end_ms: int) -> Iterable[SeriesData]:
+        """Raw samples with start_ms <= ts < end_ms of every matching series."""
+
+    def summaries(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> Iterable[tuple[Series, Summary]]:
+        """Summaries of the buckets of `width_ms` in [start_ms, end_ms) of every matching series."""
 
 
 @dataclass(slots=True)
@@ -55,8 +71,8 @@ class RawMatrix:
 Value = Vector | np.ndarray | RawMatrix  # a scalar is a 1-D array, one value per step
 
 
-def series_labels(data: SeriesData) -> Labels:
-    return tuple(sorted((("__name__", data.series.metric), *data.series.labels)))
+def series_labels(series: Series) -> Labels:
+    return tuple(sorted((("__name__", series.metric), *series.labels)))
 
 
 def _drop_name(labels: Labels) -> Labels:
@@ -70,7 +86,7 @@ def _label_text(labels: Labels) -> str:
 class Evaluator:
     """Evaluates one parsed query at the steps `start_ms, start_ms + step_ms, ... <= end_ms`."""
 
-    def __init__(self, read: Reader, start_ms: int, end_ms: int, step_ms: int):
+    def __init__(self, source: Source, start_ms: int, end_ms: int, step_ms: int):
         if step_ms <= 0:
             raise BadData("zero or negative query resolution step widths are not accepted. Try a positive integer")
         if end_ms < start_ms:
@@ -80,8 +96,9 @@ class Evaluator:
                 f"exceeded maximum resolution of {MAX_STEPS:,} points per timeseries. "
                 "Try decreasing the query resolution (?step=XX)"
             )
-        self.read = read
+        self.source = source
         self.steps = np.arange(start_ms, end_ms + 1, step_ms, dtype=np.int64)
+        self.step_ms = step_ms
 
     def eval(self, node: ast.Node) -> Value:
         if isinstance(node, ast.Number):
@@ -108,17 +125,44 @@ class Evaluator:
     def _samples(self, vs: ast.VectorSelector, back_ms: int) -> Iterable[SeriesData]:
         lo = int(self.steps[0]) - vs.offset_ms - back_ms
         hi = int(self.steps[-1]) - vs.offset_ms
-        return self.read(vs.selector, lo, hi + 1)
+        return self.source.read(vs.selector, lo, hi + 1)
+
+    def _width(self, vs: ast.VectorSelector, range_ms: int) -> int | None:
+        """The widest summary width that the steps, `range_ms` and the offset are whole multiples of, if any."""
+        ref0 = int(self.steps[0]) - vs.offset_ms
+        for width in WIDTHS_MS:
+            if range_ms % width == 0 and ref0 % width == 0 and (len(self.steps) == 1 or self.step_ms % width == 0):
+                return width
+        return None
+
+    def _buckets(self, vs: ast.VectorSelector, range_ms: int, width: int) -> Iterable[tuple[Series, _Buckets]]:
+        """Every matching series' summaries on the bucket grid from the first window's start to the last step."""
+        lo = int(self.steps[0]) - vs.offset_ms - range_ms
+        hi = int(self.steps[-1]) - vs.offset_ms + width  # the bucket starting at the last step holds its edge sample
+        for series, summary in self.source.summaries(vs.selector, lo, hi, width):
+            yield series, _Buckets(summary, lo, hi, width)
 
     def _vector_selector(self, vs: ast.VectorSelector) -> Vector:
         ref = self.steps - vs.offset_ms
         labels, rows, masks = [], [], []
+        width = self._width(vs, 0)
+        if width is not None:  # the newest sample in [t - 5m, t]: the one on t, else the last of the bucket before t
+            for series, b in self._buckets(vs, width, width):
+                e = b.index(ref)
+                edge_ok, edge_v = b.edge(e, ref)
+                before = e - 1
+                ok = edge_ok | ((b.count[before] > 0) & (b.last_ts[before] >= ref - LOOKBACK_MS))
+                if ok.any():
+                    labels.append(series_labels(series))
+                    rows.append(np.where(edge_ok, edge_v, b.last[before]))
+                    masks.append(ok)
+            return _stack(labels, rows, masks, len(self.steps))
         for data in self._samples(vs, LOOKBACK_MS):
             idx = np.searchsorted(data.ts, ref, "right") - 1
             safe = np.maximum(idx, 0)
             ok = (idx >= 0) & (data.ts[safe] >= ref - LOOKBACK_MS)
             if ok.any():
-                labels.append(series_labels(data))
+                labels.append(series_labels(data.series))
                 rows.append(data.values[safe])
                 masks.append(ok)
         return _stack(labels, rows, masks, len(self.steps))
@@ -129,7 +173,7 @@ class Evaluator:
         for data in self._samples(ms.vector, ms.range_ms):
             keep = (data.ts >= t - ms.range_ms) & (data.ts <= t)
             if keep.any():
-                out.append((series_labels(data), data.ts[keep], data.values[keep]))
+                out.append((series_labels(data.series), data.ts[keep], data.values[keep]))
         return RawMatrix(out)
 
     # ------------------------------------------------------------------ range functions
@@ -137,13 +181,21 @@ class Evaluator:
     def _range_call(self, call: ast.RangeCall) -> Vector:
         ms = call.arg
         ref = self.steps - ms.vector.offset_ms
+        width = self._width(ms.vector, ms.range_ms) if call.func in _BUCKETED else None
+        if width is not None:
+            answers = (
+                (series, _BUCKETED[call.func](b, ref, ms.range_ms))
+                for series, b in self._buckets(ms.vector, ms.range_ms, width)
+            )
+        else:
+            answers = (
+                (data.series, _RANGE[call.func](data.ts, data.values, *_windows(data.ts, ref, ms.range_ms), ref, ms.range_ms))
+                for data in self._samples(ms.vector, ms.range_ms)
+            )
         labels, rows, masks = [], [], []
-        for data in self._samples(ms.vector, ms.range_ms):
-            lo = np.searchsorted(data.ts, ref - ms.range_ms, "left")  # closed on the left, as Prometheus 2.x
-            hi = np.searchsorted(data.ts, ref, "right")
-            values, ok = _RANGE[call.func](data.ts, data.values, lo, hi, ref, ms.range_ms)
+        for series, (values, ok) in answers:
             if ok.any():
-                lb = series_labels(data)
+                lb = series_labels(series)
                 labels.append(lb if call.func == "last_over_time" else _drop_name(lb))
                 rows.append(values)
                 masks.append(ok)
@@ -310,6 +362,11 @@ def _window_reduce(ufunc: np.ufunc, a: np.ndarray, lo: np.ndarray, hi: np.ndarra
     return ufunc.reduceat(ext, idx)[0::2]
 
 
+def _windows(ts: np.ndarray, ref: np.ndarray, range_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample index bounds [lo, hi) of every window [t - range, t], closed on the left as in Prometheus 2.x."""
+    return np.searchsorted(ts, ref - range_ms, "left"), np.searchsorted(ts, ref, "right")
+
+
 def _over_time(kind: str):
     def fn(ts, v, lo, hi, _ref, _range):
         n = hi - lo
@@ -331,8 +388,29 @@ def _over_time(kind: str):
     return fn
 
 
+def _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms: int, is_counter: bool, is_rate: bool):
+    """The end of Prometheus' extrapolatedRate (promql/functions.go): stretch `result` towards the window's edges."""
+    duration_to_start = (first_t - (ref - range_ms)) / 1000
+    duration_to_end = (ref - last_t) / 1000
+    sampled = (last_t - first_t) / 1000
+    average = sampled / (n - 1)
+    if is_counter:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            to_zero = sampled * (first_v / result)
+        clamp = (result > 0) & (first_v >= 0) & (to_zero < duration_to_start)
+        duration_to_start = np.where(clamp, to_zero, duration_to_start)
+    threshold = average * 1.1
+    interval = sampled.copy()
+    interval += np.where(duration_to_start < threshold, duration_to_start, average / 2)
+    interval += np.where(duration_to_end < threshold, duration_to_end, average / 2)
+    factor = interval / sampled
+    if is_rate:
+        factor /= range_ms / 1000
+    return result * factor
+
+
 def _extrapolated_rate(is_counter: bool, is_rate: bool):
-    """Prometheus' extrapolatedRate (promql/functions.go), one numpy expression per step of the original."""
+    """Prometheus' extrapolatedRate over raw samples, for every step at once."""
 
     def fn(ts, v, lo, hi, ref, range_ms):
         n = hi - lo
@@ -341,32 +419,16 @@ def _extrapolated_rate(is_counter: bool, is_rate: bool):
         if not ok.any():
             return out, ok
         lo, hi, n, ref = lo[ok], hi[ok], n[ok], ref[ok]
-        first_t, last_t = ts[lo], ts[hi - 1]
-        first_v, last_v = v[lo], v[hi - 1]
-        result = last_v - first_v
+        first_v = v[lo]
+        result = v[hi - 1] - first_v
         if is_counter:
             # a drop between consecutive samples is a reset: the counter restarted from zero
-            prev = np.concatenate(([0.0], v[:-1]))
-            resets = np.where(np.concatenate(([False], v[1:] < v[:-1])), prev, 0.0)
-            result = result + _window_reduce(np.add, resets, lo + 1, hi)
-        range_start = ref - range_ms
-        duration_to_start = (first_t - range_start) / 1000
-        duration_to_end = (ref - last_t) / 1000
-        sampled = (last_t - first_t) / 1000
-        average = sampled / (n - 1)
-        if is_counter:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                to_zero = sampled * (first_v / result)
-            clamp = (result > 0) & (first_v >= 0) & (to_zero < duration_to_start)
-            duration_to_start = np.where(clamp, to_zero, duration_to_start)
-        threshold = average * 1.1
-        interval = sampled.copy()
-        interval += np.where(duration_to_start < threshold, duration_to_start, average / 2)
-        interval += np.where(duration_to_end < threshold, duration_to_end, average / 2)
-        factor = interval / sampled
-        if is_rate:
-            factor /= range_ms / 1000
-        out[ok] = result * factor
+            drops = np.flatnonzero(v[1:] < v[:-1]) + 1
+            if len(drops):  # usually few: each window sums only the drops inside it
+                d_lo, d_hi = np.searchsorted(drops, lo + 1), np.searchsorted(drops, hi)
+                sums = _window_reduce(np.add, v[drops - 1], d_lo, d_hi)
+                result = result + np.where(d_hi > d_lo, sums, 0.0)
+        out[ok] = _extrapolate(result, ts[lo], ts[hi - 1], first_v, n, ref, range_ms, is_counter, is_rate)
         return out, ok
 
     return fn
@@ -398,6 +460,106 @@ _RANGE = {
     "sum_over_time": _over_time("sum"),
     "count_over_time": _over_time("count"),
     "last_over_time": _over_time("last"),
+}
+
+
+# ---------------------------------------------------------------------- range functions over summaries
+
+
+_EMPTY_BUCKET = np.array([0.0, 0.0, 0.0, np.inf, -np.inf, -1.0, 0.0, -1.0, 0.0, 0.0])[:, None]  # summaries.FIELDS
+
+
+class _Buckets:
+    """One series' summary rows on the dense grid of buckets `lo + j * width` < hi (an empty bucket has count 0)."""
+
+    def __init__(self, s: Summary, lo: int, hi: int, width: int):
+        n = (hi - lo) // width
+        self.lo, self.width = lo, width
+        rows = np.repeat(_EMPTY_BUCKET, n, axis=1)
+        rows[:, ((s.ts - lo) // width).astype(np.intp)] = s.rows
+        (_ts, self.count, self.sum, self.min, self.max, self.first_ts, self.first, self.last_ts, self.last,
+         self.resets) = rows
+        idx = np.arange(n)
+        full = self.count > 0
+        self.prev = np.maximum.accumulate(np.where(full, idx, -1))  # the newest non-empty bucket <= j, or -1
+        self.next = np.minimum.accumulate(np.where(full, idx, n)[::-1])[::-1]  # the oldest non-empty bucket >= j, or n
+
+    def index(self, t: np.ndarray) -> np.ndarray:
+        return (t - self.lo) // self.width
+
+    def edge(self, e: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether bucket e, starting at ref, has a sample exactly on ref; and that sample's value."""
+        return (self.count[e] > 0) & (self.first_ts[e] == ref), self.first[e]
+
+    def window(self, ref: np.ndarray, range_ms: int):
+        """For every step: the window's first bucket a, its end bucket e (from ref on), whether a sample sits
+        exactly on ref and its value, and the number of samples in [ref - range, ref]."""
+        e = self.index(ref)
+        a = e - range_ms // self.width
+        edge_ok, edge_v = self.edge(e, ref)
+        counted = np.concatenate(([0.0], np.cumsum(self.count)))  # whole numbers: exact
+        return a, e, edge_ok, edge_v, counted[e] - counted[a] + edge_ok
+
+
+def _bucketed_over_time(kind: str):
+    def fn(b: _Buckets, ref: np.ndarray, range_ms: int):
+        a, e, edge_ok, edge_v, n = b.window(ref, range_ms)
+        ok = n > 0
+        if kind == "count":
+            return n, ok
+        if kind == "last":  # with no sample on the end, the window's last non-empty bucket has the newest
+            return np.where(edge_ok, edge_v, b.last[b.prev[e - 1]]), ok
+        if kind in ("min", "max"):
+            ufunc = np.minimum if kind == "min" else np.maximum
+            inside = _window_reduce(ufunc, b.min if kind == "min" else b.max, a, e)
+            return np.where(edge_ok, ufunc(inside, edge_v), inside), ok
+        total = _window_reduce(np.add, b.sum, a, e) + np.where(edge_ok, edge_v, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (total / n if kind == "avg" else total), ok
+
+    return fn
+
+
+def _bucketed_rate(is_counter: bool, is_rate: bool):
+    """extrapolatedRate from summaries. The window's first sample is the first of its first non-empty bucket;
+    its last is the one exactly on the end, or else the last of its last non-empty bucket. Counter resets are
+    the ones inside each bucket plus those between consecutive non-empty buckets and up to the end sample."""
+
+    def fn(b: _Buckets, ref: np.ndarray, range_ms: int):
+        a, e, edge_ok, edge_v, n = b.window(ref, range_ms)
+        ok = n >= 2
+        out = np.zeros(len(ref))
+        if not ok.any():
+            return out, ok
+        a, e, edge_ok, edge_v, n, ref = a[ok], e[ok], edge_ok[ok], edge_v[ok], n[ok], ref[ok]
+        fi = b.next[a]  # before e: two samples in the window put one before its end
+        li = b.prev[e - 1]
+        first_v = b.first[fi]
+        last_t = np.where(edge_ok, ref, b.last_ts[li])
+        result = np.where(edge_ok, edge_v, b.last[li]) - first_v
+        if is_counter:
+            before = np.concatenate(([-1], b.prev[:-1]))  # the newest non-empty bucket before each bucket
+            across = np.where((b.count > 0) & (before >= 0) & (b.first < b.last[before]), b.last[before], 0.0)
+            inner = _window_reduce(np.add, b.resets, a, e)
+            between = np.where(fi + 1 < e, _window_reduce(np.add, across, np.minimum(fi + 1, e), e), 0.0)
+            to_end = np.where(edge_ok & (edge_v < b.last[li]), b.last[li], 0.0)
+            result = result + inner + between + to_end
+        out[ok] = _extrapolate(result, b.first_ts[fi], last_t, first_v, n, ref, range_ms, is_counter, is_rate)
+        return out, ok
+
+    return fn
+
+
+_BUCKETED = {
+    "rate": _bucketed_rate(True, True),
+    "increase": _bucketed_rate(True, False),
+    "delta": _bucketed_rate(False, False),
+    "avg_over_time": _bucketed_over_time("avg"),
+    "min_over_time": _bucketed_over_time("min"),
+    "max_over_time": _bucketed_over_time("max"),
+    "sum_over_time": _bucketed_over_time("sum"),
+    "count_over_time": _bucketed_over_time("count"),
+    "last_over_time": _bucketed_over_time("last"),
 }
 
 _OPS = {

@@ -3,6 +3,7 @@
 from roost.store.engine import (
     AGGREGATIONS,
     DAY_MS,
+    ReadView,
     RetentionRule,
     SeriesData,
     Store,
@@ -10,14 +11,18 @@ from roost.store.engine import (
     WriteResult,
     merge_samples,
 )
+from roost.store.summaries import WIDTHS_MS, Summary
 
 __all__ = [
     "AGGREGATIONS",
     "DAY_MS",
+    "ReadView",
     "RetentionRule",
     "SeriesData",
     "Store",
     "StoreOptions",
+    "Summary",
+    "WIDTHS_MS",
     "WriteResult",
     "merge_samples",
 ]

@@ -45,6 +45,7 @@ from roost.store.blocks import BLOCK_DAYS, decode_rows, encode_rows
 from roost.store.codec import decode_chunk, encode_chunk
 from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, bucketize, rollup_samples
 from roost.store.segments import ChunkMoved, DataFiles
+from roost.store.summaries import Summary, summarize
 
 log = logging.getLogger("roost.store")
 
@@ -55,6 +56,7 @@ AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
 _BLOCK_OFFSETS = np.arange(BLOCK_DAYS, dtype=np.int64)
 _FULL_MASK = (1 << BLOCK_DAYS) - 1
 _ROLLUP_CACHE_BLOCKS = 4096  # ~32 KB decoded each: a year of 10 series x 12 blocks is 120
+_SUMMARY_CACHE_BYTES = 16 * 1024 * 1024  # day summaries: ~2 KB hourly, ~23 KB 5-minute; a month of 100 series hourly is 6 MB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -170,6 +172,10 @@ class Store:
         self._cache_bytes = 0
         self._rollup_cache: OrderedDict[tuple[int, int, int], tuple[Rows, int]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._summary_cache: OrderedDict[tuple[int, int, int], Summary] = OrderedDict()
+        self._summary_bytes = 0
+        self._view_lock = threading.Lock()  # one ReadView reads at a time, on `_view_conn`
+        self._view_conn: sqlite3.Connection | None = None
         self.head_samples = 0
         self.rejected: dict[str, int] = defaultdict(int)
         self.conn: sqlite3.Connection
@@ -221,6 +227,9 @@ class Store:
             self._segment = None
         self.files.close()
         self.conn.close()
+        if self._view_conn is not None:
+            self._view_conn.close()
+            self._view_conn = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -357,6 +366,7 @@ class Store:
     def _recover_wal(self) -> None:
         compacted = self._compacted_seq(self.conn)
         seqs = wal.list_segments(self.wal_dir)
+        self.segment_ends: dict[int, int] = {}  # final sizes of closed segments (a standby resumes past compacted ones)
         for seq in seqs:
             path = wal.segment_path(self.wal_dir, seq)
             if seq <= compacted:
@@ -366,6 +376,7 @@ class Store:
             if good != path.stat().st_size:
                 log.warning("%s: cut a torn batch at byte %d (left by a crash; nothing acknowledged was in it)", path, good)
                 os.truncate(path, good)
+            self.segment_ends[seq] = good
             for sid, ts_ms, value in records.tolist():
                 self._head_add(sid, ts_ms, value)
         self._segment = wal.SegmentWriter(self.wal_dir, max([compacted, *seqs]) + 1, fsync=False)
@@ -384,6 +395,7 @@ class Store:
         old = self._segment
         self._segment = wal.SegmentWriter(self.wal_dir, old.seq + 1, fsync=False)
         old.close()
+        self._note_segment_end(old.seq, old.size)
         self._frozen, self._head = self._head, {}
         self._frozen_seq = old.seq
         n, self.head_samples = self.head_samples, 0
@@ -574,14 +586,15 @@ class Store:
                 f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
             ).fetchall():
                 key = (file_id, offset)
-                hit = self._cache.get(key)
+                with self._cache_lock:  # queries also run in a worker thread (ReadView)
+                    hit = self._cache.get(key)
+                    if hit is not None:
+                        self._cache.move_to_end(key)
                 if hit is None:
                     hit = decode_chunk(self.files.read(file_id, offset, length))
                     for array in hit:
                         array.setflags(write=False)  # shared by every later query
                     self._cache_put(key, hit)
-                else:
-                    self._cache.move_to_end(key)
                 out.append((row_id, hit))
         return out
 
@@ -908,6 +921,45 @@ class Store:
         lo_i, hi_i = np.searchsorted(ts, [lo, hi])
         return ts[lo_i:hi_i], values[lo_i:hi_i]
 
+    # ----------------------------------------------------------------- reads in a worker thread (PromQL)
+
+    def read_view(self) -> ReadView:
+        """The series and head as of now, for reads in a worker thread; call it where writes happen (the event loop)."""
+        self._load_series()
+        if self.writer:
+            heads: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+            for source in (self._frozen, self._head):
+                for sid, hs in source.items():
+                    heads[sid].append(self._head_arrays(hs))  # copies: the head keeps growing meanwhile
+        else:
+            heads, _conn = self._reader_head()
+            self._end_read()
+        return ReadView(self, dict(self._series_by_id), heads)
+
+    def _view_connection(self) -> sqlite3.Connection:
+        if self._view_conn is None:
+            self._view_conn = _connect(self.db_path)
+        return self._view_conn
+
+    def _chunk_summary(self, file_id: int, offset: int, length: int, width_ms: int) -> Summary:
+        """The summary of a sealed chunk, from a bounded cache (sealed bytes never change, see `_decoded_chunks`)."""
+        key = (file_id, offset, width_ms)
+        with self._cache_lock:
+            hit = self._summary_cache.get(key)
+            if hit is not None:
+                self._summary_cache.move_to_end(key)
+                return hit
+            raw = self._cache.get((file_id, offset))
+        ts, values = raw if raw is not None else decode_chunk(self.files.read(file_id, offset, length))
+        summary = summarize(ts, values, width_ms)
+        with self._cache_lock:
+            self._summary_cache[key] = summary
+            self._summary_bytes += summary.nbytes
+            while self._summary_bytes > _SUMMARY_CACHE_BYTES and self._summary_cache:
+                _key, old = self._summary_cache.popitem(last=False)
+                self._summary_bytes -= old.nbytes
+        return summary
+
     def latest(self) -> dict[Series, tuple[int, float]]:
         """The newest sample of every series (also what other processes imported)."""
         self._load_series()
@@ -980,6 +1032,11 @@ class Store:
             raise self._write_error(exc) from None
         self._load_series()
 
+
+    def _note_segment_end(self, seq: int, size: int) -> None:
+        self.segment_ends[seq] = size
+        while len(self.segment_ends) > 1024:
+            del self.segment_ends[min(self.segment_ends)]
 
     # -- the bulk-change log: a standby gets the write-ahead log streamed, and pulls what bulk writes changed
 
@@ -1077,3 +1134,83 @@ def _gc_permit(data_dir: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+class ReadView:
+    """One query's reads, safe in a worker thread beside the hub's writes.
+
+    Series and head samples are copied by `Store.read_view()` on the writing thread; chunks come from one SQLite
+    snapshot per `run`, on a connection of the view's own, one view at a time.
+    """
+
+    def __init__(self, store: Store, series: dict[int, Series], heads: dict[int, list[tuple[np.ndarray, np.ndarray]]]):
+        self._store = store
+        self._series = sorted(series.items())
+        self._heads = heads
+        self._conn: sqlite3.Connection | None = None
+        self._stored: list[tuple[int, int]] = []
+
+    def run(self, fn):
+        """`fn(self)` inside one read transaction; again on a newer snapshot if garbage collection moved a chunk."""
+        store = self._store
+        with store._view_lock:
+            conn = store._view_connection()
+            for _attempt in range(5):
+                conn.execute("BEGIN")
+                try:
+                    self._conn, self._stored = conn, store._stored_days(conn)
+                    return fn(self)
+                except ChunkMoved:
+                    continue
+                finally:
+                    self._conn = None
+                    conn.execute("COMMIT")
+        raise StoreError(f"{store.data_dir}: chunks kept moving under this reader; try again")
+
+    def _matching(self, selector: Selector) -> Iterator[tuple[int, Series, list[tuple[np.ndarray, np.ndarray]]]]:
+        if self._conn is None:
+            raise StoreError("ReadView reads only inside run()")
+        for sid, series in self._series:
+            if selector.matches(series):
+                yield sid, series, [(t, v) for t, v in self._heads.get(sid, ()) if len(t)]
+
+    def read(self, selector: Selector, start_ms: int, end_ms: int) -> Iterator[SeriesData]:
+        """As `Store.read`: raw samples with start_ms <= ts < end_ms of every matching series."""
+        store = self._store
+        for sid, series, head in self._matching(selector):
+            days = store._days(self._conn, start_ms, end_ms, head, self._stored)
+            ts, values = store._samples(self._conn, sid, start_ms, end_ms, head, days=days)
+            if len(ts):
+                yield SeriesData(series, ts, values)
+
+    def summaries(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> Iterator[tuple[Series, Summary]]:
+        """Summaries (summaries.py) of the buckets of `width_ms` in [start_ms, end_ms) (multiples of the width).
+
+        Sealed day chunks come from the summary cache; days with an open chunk, head samples or only 5-minute
+        rollups are summarized from what `read` would return for them.
+        """
+        store, conn = self._store, self._conn
+        for sid, series, head in self._matching(selector):
+            days = store._days(conn, start_ms, end_ms, head, self._stored)
+            if not days:
+                continue
+            head_days: set[int] = set()
+            for t, _v in head:
+                head_days.update(np.unique(t[(t >= start_ms) & (t < end_ms)] // DAY_MS).tolist())
+            ids = [_row_id(d, sid) for d in days if d not in head_days]
+            parts: list[Summary] = []
+            sealed: set[int] = set()
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                for row_id, file_id, offset, length in conn.execute(
+                    f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
+                ).fetchall():
+                    parts.append(store._chunk_summary(file_id, offset, length, width_ms))
+                    sealed.add(row_id >> _SID_BITS)
+            rest = [d for d in days if d not in sealed]
+            if rest:
+                ts, values = store._samples(conn, sid, start_ms, end_ms, head, days=rest)
+                parts.append(summarize(ts, values, width_ms))
+            summary = Summary.concat(parts).between(start_ms, end_ms)
+            if len(summary):
+                yield series, summary

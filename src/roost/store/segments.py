@@ -83,7 +83,10 @@ class DataFiles:
                 fd = os.open(self.path(file_id), os.O_RDONLY)
             except FileNotFoundError:
                 raise ChunkMoved(file_id) from None
-            self._read_fds[file_id] = fd
+            kept = self._read_fds.setdefault(file_id, fd)  # a query thread may have opened it meanwhile
+            if kept != fd:
+                os.close(fd)
+                fd = kept
         data = os.pread(fd, length, offset)
         if len(data) != length:
             raise StoreError(

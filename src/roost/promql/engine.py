@@ -475,8 +475,11 @@ class _Buckets:
     def __init__(self, s: Summary, lo: int, hi: int, width: int):
         n = (hi - lo) // width
         self.lo, self.width = lo, width
-        rows = np.repeat(_EMPTY_BUCKET, n, axis=1)
-        rows[:, ((s.ts - lo) // width).astype(np.intp)] = s.rows
+        if len(s) == n:  # every bucket has samples: the summary is the grid already
+            rows = s.rows
+        else:
+            rows = np.repeat(_EMPTY_BUCKET, n, axis=1)
+            rows[:, ((s.ts - lo) // width).astype(np.intp)] = s.rows
         (_ts, self.count, self.sum, self.min, self.max, self.first_ts, self.first, self.last_ts, self.last,
          self.resets) = rows
         idx = np.arange(n)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -876,3 +877,130 @@ async def test_a_serial_link_that_goes_away_is_reported_lost(tmp_path, rtu_bus, 
         ser2net["process"].wait(timeout=10)
         with pytest.raises(LinkLost, match="the port failed"):
             await source.poll("one")
+
+
+# ---------------------------------------------------------------- things: writes through the API and rules
+
+BOILER = """\
+    [[source.modbus]]
+    name = "heating"
+    url = "{url}"
+    interval = "200ms"
+    timeout = "200ms"
+    retries = 0
+
+    [[source.modbus.devices]]
+    name = "boiler board"
+    unit = 2
+
+    [[source.modbus.devices.registers]]
+    metric = "flow_temperature_celsius"
+    type = "input"
+    address = 0
+
+    [[source.modbus.devices.registers]]
+    metric = "pump"
+    type = "coil"
+    address = 3
+    writable = true
+
+    [[source.modbus.devices.registers]]
+    metric = "setpoint_celsius"
+    address = 10
+    data_type = "int16"
+    scale = 0.1
+    writable = true
+
+    [[source.modbus.devices.registers]]
+    metric = "mode"
+    address = 11
+    writable = true
+    """
+
+
+async def _put(session, hub: Hub, thing: str, name: str, value) -> tuple[int, dict]:
+    async with session.put(f"{hub.url}/things/{thing}/properties/{name}", json={name: value}) as response:
+        return response.status, await response.json()
+
+
+async def test_a_put_writes_the_devices_coils_and_registers_and_wrong_values_are_refused(tmp_path, tcp_meters):
+    import aiohttp
+
+    settings = modbus_config(tmp_path, BOILER.format(url=tcp_meters.url))
+    context = tcp_meters.server.context
+    async with Hub(settings) as hub, aiohttp.ClientSession() as session:
+        async with session.get(f"{hub.url}/things/boiler-board") as response:
+            described = (await response.json())["properties"]
+        assert described["setpoint"]["title"] == "Setpoint" and described["setpoint"]["unit"] == "degree celsius"
+        assert (described["setpoint"]["minimum"], described["setpoint"]["maximum"]) == (-3276.8, 3276.7)
+        assert described["mode"]["type"] == "integer" and described["mode"]["maximum"] == 65535
+        assert described["flow_temperature"]["readOnly"] is True and described["pump"]["type"] == "boolean"
+
+        assert await _put(session, hub, "boiler-board", "pump", True) == (200, {"pump": True})
+        assert await _put(session, hub, "boiler-board", "setpoint", 21.5) == (200, {"setpoint": 21.5})
+        assert await _put(session, hub, "boiler-board", "mode", 3) == (200, {"mode": 3})
+        assert await context.async_getValues(2, 1, 3, 1) == [True]
+        assert await context.async_getValues(2, 3, 10, 2) == [215, 3]
+        assert await _put(session, hub, "boiler-board", "setpoint", -2.5) == (200, {"setpoint": -2.5})
+        assert await context.async_getValues(2, 3, 10, 1) == [0x10000 - 25]  # int16, two's complement
+
+        refused = {
+            "flow_temperature": (30, "thing 'boiler-board' property 'flow_temperature' is read-only"),
+            "setpoint": (4000, "thing 'boiler-board' property 'setpoint': 4000 is above the maximum 3276.7"),
+            "mode": (2.5, "thing 'boiler-board' property 'mode': expected an integer, got 2.5"),
+            "pump": ("on", "thing 'boiler-board' property 'pump': expected true or false, got 'on'"),
+        }
+        for name, (value, message) in refused.items():
+            assert await _put(session, hub, "boiler-board", name, value) == (400, {"error": message}), name
+        status, body = await _put(session, hub, "boiler-board", "setpoint", 21.55)
+        assert (status, body["error"]) == (400, "thing 'boiler-board' property 'setpoint': 21.55 is not a whole number "
+                                                "of the register's steps of 0.1")
+        assert await context.async_getValues(2, 3, 10, 2) == [0x10000 - 25, 3]  # nothing refused reached the device
+        assert await context.async_getValues(2, 1, 3, 1) == [True]
+
+
+async def test_a_dead_device_tells_the_api_caller_what_failed(tmp_path, tcp_meters):
+    import aiohttp
+
+    settings = modbus_config(tmp_path, BOILER.format(url=tcp_meters.url))
+    tcp_meters.silent.add(2)
+    async with Hub(settings) as hub, aiohttp.ClientSession() as session:
+        status, body = await _put(session, hub, "boiler-board", "pump", True)
+        assert (status, body) == (502, {"error": "heating: boiler board (unit 2): writing 3: no answer within 0.2 s (1 attempt)"})
+        async with session.get(f"{hub.url}/things/boiler-board/properties/pump") as response:
+            assert await response.json() == {"pump": None}  # not known: the device never said it took the value
+        await tcp_meters.stop()  # the gateway itself gone
+        status, body = await _put(session, hub, "boiler-board", "pump", True)
+        assert status == 502
+        assert re.fullmatch(r"heating: boiler board \(unit 2\): writing 3: (the connection was closed|.*refused.*)", body["error"])
+
+
+async def test_a_rule_switches_a_coil_when_a_register_crosses_a_threshold(tmp_path, tcp_meters):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "pump.py").write_text(dedent('''\
+        from roost.rules import Rule, Threshold
+
+
+        class PumpOnWhenHot(Rule):
+            """The pump runs once the flow is over 60 degrees."""
+
+            def register_triggers(self):
+                return (Threshold('flow_temperature_celsius{device="boiler board"} > 60'),)
+
+            def action(self, *args):
+                self.boiler_board.pump = True
+                self.boiler_board.setpoint = 55.5
+        '''))
+    settings = modbus_config(tmp_path, BOILER.format(url=tcp_meters.url) + f'\n[rules]\ndirectory = "{rules}"\n')
+    context = tcp_meters.server.context
+    await tcp_meters.set(2, "input", 0, [45])
+    async with Hub(settings, serve_http=False) as hub:
+        assert hub.rules.runtimes["PumpOnWhenHot"].armed  # its thing is there when the rules start
+        await eventually(lambda: latest(hub, "flow_temperature_celsius") == 45.0)
+        assert await context.async_getValues(2, 1, 3, 1) == [False]
+        await tcp_meters.set(2, "input", 0, [65])
+        await eventually(lambda: hub.things.get("boiler-board").values.get("pump") is True)
+        assert await context.async_getValues(2, 1, 3, 1) == [True]
+        assert await context.async_getValues(2, 3, 10, 1) == [555]
+        assert hub.things.get("boiler-board").values["setpoint"] == 55.5

@@ -16,6 +16,8 @@ _SUFFIX_UNITS = (
     ("_percent", "percent"),
     ("_hpa", "hectopascal"),
     ("_watts", "watt"),
+    ("_va", "volt ampere"),
+    ("_var", "volt ampere reactive"),
     ("_volts", "volt"),
     ("_millivolts", "millivolt"),
     ("_amperes", "ampere"),

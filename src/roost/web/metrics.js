@@ -73,6 +73,8 @@ const THING_UNITS = {
   percent: ["%", 0],
   hectopascal: ["hPa", 0],
   watt: ["W", 0],
+  "volt ampere": ["VA", 0],
+  "volt ampere reactive": ["var", 0],
   "kilowatt hour": ["kWh", 1],
   volt: ["V", 1],
   ampere: ["A", 2],

@@ -45,11 +45,22 @@ def test_missing_timestamp_takes_the_default():
         ("s", "1700000000", 1_700_000_000_000),
         ("m", "28333333", 28_333_333 * 60_000),
         ("h", "472222", 472_222 * 3_600_000),
-        ("ns", "-1500000", -2),  # floor, so a sample never moves forward in time
+        ("ns", "1500999", 1),  # floor, so a sample never moves forward in time
     ],
 )
 def test_precision_converts_to_milliseconds(precision, timestamp, ms):
     assert parse(f"m value=1 {timestamp}", precision).readings[0].ts_ms == ms
+
+
+@pytest.mark.parametrize(
+    "timestamp, problem",
+    [("-1500000", "before 1970"), ("4102444800000000000", "more than 2 days ahead")],  # the second is 2100
+)
+def test_a_timestamp_outside_1970_to_two_days_ahead_is_refused_naming_the_line(timestamp, problem):
+    result = parse(f"ok value=1 1000000\nm value=1 {timestamp}\n", "ns")
+    assert [r.series.metric for r in result.readings] == ["ok"]
+    assert [(e.line, e.reason) for e in result.errors] == [(2, "bad_timestamp")]
+    assert problem in result.errors[0].message and "m value=1" in result.errors[0].message
 
 
 def test_an_unknown_precision_is_refused():
@@ -124,7 +135,7 @@ def test_format_lines_writes_ns_timestamps_that_parse_back():
             np.array([1_700_000_000_000, 1_700_000_000_001]),
             np.array([21.5, 0.1 + 0.2]),
         ),
-        SeriesData(Series.of("power_watts"), np.array([-5]), np.array([1e20])),
+        SeriesData(Series.of("power_watts"), np.array([5]), np.array([1e20])),
     ]
     lines = list(format_lines(data))
     assert lines[0] == "temperature,note=a\\,b\\=c,room=living\\ room value=21.5 1700000000000000000\n"
@@ -132,5 +143,5 @@ def test_format_lines_writes_ns_timestamps_that_parse_back():
     assert back == [
         Reading(data[0].series, 1_700_000_000_000, 21.5),
         Reading(data[0].series, 1_700_000_000_001, 0.1 + 0.2),
-        Reading(data[1].series, -5, 1e20),
+        Reading(data[1].series, 5, 1e20),
     ]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from roost.errors import StoreError
-from roost.model import Reading, Series
+from roost.model import Reading, Series, now_ms
 from roost.selector import Selector
 from roost.store import DAY_MS, RetentionRule, Store, StoreOptions
 from roost.store.summaries import COUNT, LAST, summarize
@@ -126,6 +126,20 @@ def test_nan_inf_and_the_cardinality_cap_are_rejected_and_counted(tmp_path):
         assert result.accepted == 2
         assert result.rejected == {"nan": 1, "inf": 1, "cardinality_limit": 1}
         assert [str(s) for _i, s in s.series()] == [str(LOUNGE), str(BEDROOM)]
+
+
+def test_timestamps_before_1970_or_far_ahead_are_refused_and_long_reads_stay_cheap(tmp_path):
+    now = now_ms()
+    wild = [-1, now + 3 * DAY_MS, 2**53, 2**63 - 1]  # a device with a dead clock battery, or garbage
+    with Store.open(tmp_path / "d", writer=True) as s:
+        result = s.write([Reading(LOUNGE, ts, 1.0) for ts in wild] + [Reading(LOUNGE, now, 2.0)])
+        assert result.accepted == 1 and result.rejected == {"bad_timestamp": 4}
+        assert s.write_bulk(BEDROOM, np.array([*wild, now - DAY_MS]), np.array([1.0] * 5)) == 1
+        assert s.rejected["bad_timestamp"] == 8
+        s.compact()
+        # a read over every possible millisecond walks the days that hold data, not 10**11 of them
+        assert _raw(s, LOUNGE, -(2**63), 2**63 - 1) == ([now], [2.0])
+        assert _raw(s, BEDROOM, -(2**63), 2**63 - 1) == ([now - DAY_MS], [1.0])
 
 
 def test_a_second_hub_on_the_same_store_is_refused(store, tmp_path):

@@ -71,7 +71,9 @@ def test_csv_bad_rows_are_reported_by_line_and_the_rest_imported(store, tmp_path
         f"bad-metric,a,{T0 + 5},6\n"  # 8 invalid metric name
         f"t,a,{T0 + 6},nan\n"  # 9 NaN
         f"t,a,{T0 + 7},-inf\n"  # 10 infinity
-        f"t,a,{T0 + 8},9\n",  # 11
+        f"t,a,{T0 + 8},9\n"  # 11
+        "t,a,4102444800000,12\n"  # 12 the year 2100: a device with a wrong clock
+        "t,a,-1,13\n",  # 13 before 1970
     )
     report = import_file(store, path)
     assert sorted((e.line, e.reason) for e in report.errors) == [
@@ -82,8 +84,11 @@ def test_csv_bad_rows_are_reported_by_line_and_the_rest_imported(store, tmp_path
         (8, "invalid_metric_name"),
         (9, "nan"),
         (10, "inf"),
+        (12, "bad_timestamp"),
+        (13, "bad_timestamp"),
     ]
-    assert report.skipped_lines == 7
+    assert report.skipped_lines == 9
+    assert "more than 2 days ahead" in next(e.message for e in report.errors if e.line == 12)
     assert samples(store) == {Series.of("t", room="a"): [(T0, 1.0), (T0 + 8, 9.0)]}
     assert "warm" in next(e.message for e in report.errors if e.line == 3)
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from roost.bus import Bus
 from roost.config import Settings
 from roost.errors import RoostError, StoreFullError
-from roost.model import Reading
+from roost.model import Reading, timestamp_problem
 from roost.selector import Selector
 from roost.store import RetentionRule, Store, StoreOptions, WriteResult
 from roost.telemetry import SelfMetrics
@@ -264,7 +264,11 @@ class Hub:
     def _account(self, readings: list[Reading], result: WriteResult) -> None:
         self.metrics.readings.inc(result.accepted)
         for reason, reading in result.refused:
-            self.metrics.reject(reason, str(reading.series), f"{reading.series}: {_REASONS.get(reason, reason)}")
+            detail = timestamp_problem(reading.ts_ms) if reason == "bad_timestamp" else _REASONS.get(reason, reason)
+            self.metrics.reject(reason, str(reading.series), f"{reading.series}: {detail}")
+
+    def _publish(self, readings: list[Reading], result: WriteResult) -> None:
+        """Tell the bus what the store took (refused readings are left out)."""
         if result.refused:
             refused = {id(r) for _reason, r in result.refused}
             readings = [r for r in readings if id(r) not in refused]

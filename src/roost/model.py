@@ -82,3 +82,17 @@ class Reading:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# Readings from before 1970 or more than this far ahead of the hub's clock are refused (reason `bad_timestamp`):
+# a device with a wrong clock must not scatter chunks across centuries that every long read then walks.
+MAX_FUTURE_MS = 2 * 86_400_000
+
+
+def timestamp_problem(ts_ms: int, now: int | None = None) -> str | None:
+    """Why a reading's timestamp cannot be stored, or None when it can."""
+    if ts_ms < 0:
+        return f"timestamp {ts_ms} ms is before 1970"
+    if ts_ms > (now if now is not None else now_ms()) + MAX_FUTURE_MS:
+        return f"timestamp {ts_ms} ms is more than 2 days ahead of this hub's clock (check the device's clock)"
+    return None

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from roost.errors import StoreError, StoreFullError
-from roost.model import Reading, Series, now_ms
+from roost.model import MAX_FUTURE_MS, Reading, Series, now_ms
 from roost.selector import Selector
 from roost.store import wal
 from roost.store.blocks import BLOCK_DAYS, decode_rows, encode_rows
@@ -295,9 +295,13 @@ class Store:
             raise StoreError("this store was opened read-only; only the hub streams readings into it")
         result = WriteResult()
         batch = []
+        newest = now_ms() + MAX_FUTURE_MS
         for r in readings:
             if not math.isfinite(r.value):
                 self._reject(result, "nan" if math.isnan(r.value) else "inf", r)
+                continue
+            if not 0 <= r.ts_ms <= newest:
+                self._reject(result, "bad_timestamp", r)
                 continue
             sid = self.series_id(r.series)
             if sid is None:
@@ -690,11 +694,17 @@ class Store:
 
     def write_bulk(self, series: Series, ts: np.ndarray, values: np.ndarray, *, now: int | None = None) -> int:
         """Write many samples of one series straight into chunks; returns samples written (cap may refuse)."""
+        ts = np.asarray(ts, np.int64)
         ok = np.isfinite(values)
         if not ok.all():
             bad = values[~ok]
             self.rejected["nan"] += int(np.isnan(bad).sum())
             self.rejected["inf"] += int(np.isinf(bad).sum())
+        in_range = (ts >= 0) & (ts <= (now if now is not None else now_ms()) + MAX_FUTURE_MS)
+        if not in_range.all():
+            self.rejected["bad_timestamp"] += int((ok & ~in_range).sum())
+            ok &= in_range
+        if not ok.all():
             ts, values = ts[ok], values[ok]
         sid = self.series_id(series)
         if sid is None:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from roost.errors import ImportFormatError, InvalidReading
-from roost.model import Series, now_ms
+from roost.model import MAX_FUTURE_MS, Series, now_ms, timestamp_problem
 from roost.store.engine import DAY_MS, Store
 from roost.transfer.lineprotocol import LineError, _Parser
 
@@ -440,6 +440,8 @@ def _import_block(writer: _Writer, cols: _Columns, *, csv: bool) -> None:
     else:
         reject(~ts_ok, "bad_timestamp", lambda p: "timestamp is missing")
         reject(~value_ok, "non_numeric", lambda p: "value is missing")
+    now = now_ms()
+    reject((ts < 0) | (ts > now + MAX_FUTURE_MS), "bad_timestamp", lambda p: timestamp_problem(int(ts[p]), now))
     reject(np.isnan(values), "nan", lambda p: "value is NaN")
     reject(np.isinf(values), "inf", lambda p: "value is infinite")
 

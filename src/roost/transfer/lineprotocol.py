@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from line_protocol_parser import parse_line
 
 from roost.errors import InvalidReading
-from roost.model import Reading, Series
+from roost.model import Reading, Series, now_ms, timestamp_problem
 
 if TYPE_CHECKING:
     from roost.store.engine import SeriesData
@@ -26,7 +26,6 @@ __all__ = ["PRECISIONS", "LineError", "ParseResult", "format_lines", "parse_line
 # Nanoseconds per unit; Influx's `precision` query parameter, `u` being its old spelling of `us`.
 PRECISIONS = {"ns": 1, "us": 1_000, "u": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 _NS_PER_MS = 1_000_000
-_MAX_MS = 2**62  # far beyond any real clock, and safe from int64 overflow in the store's day arithmetic
 
 # Influx has no NaN or infinity literal, so the C parser rejects `x=NaN` as a syntax error; this finds such
 # fields so the line can be re-parsed without them and the reading reported with the reason the store counts.
@@ -110,6 +109,7 @@ class _Parser:
             )
         self.ns_per_unit = PRECISIONS[precision]
         self.default_ts_ms = int(default_ts_ms)
+        self.now_ms = now_ms()
         # (measurement, tags as parsed, field) -> Series, or the InvalidReading that naming it raised
         self._series: dict[tuple, Series | InvalidReading] = {}
 
@@ -148,8 +148,9 @@ class _Parser:
             ts_ms = self.default_ts_ms
         else:
             ts_ms = ts * self.ns_per_unit // _NS_PER_MS
-            if not -_MAX_MS < ts_ms < _MAX_MS:
-                errors.append(LineError(number, "bad_timestamp", f"timestamp {ts} of {_clip(line)} is out of range"))
+            problem = timestamp_problem(ts_ms, self.now_ms)
+            if problem:
+                errors.append(LineError(number, "bad_timestamp", f"{problem}: {_clip(line)}"))
                 return False
         tag_key = tuple(tags.items())
         known = self._series

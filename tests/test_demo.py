@@ -92,6 +92,19 @@ def test_the_meter_is_polled_through_roosts_modbus_source_and_continues_its_hist
     assert get(demo, "/api/series", match='{room="study"}')["series"] == []
 
 
+def test_a_newcomer_sees_a_clean_start_and_the_example_rules_work_at_once(start_demo):
+    demo = start_demo("--no-mqtt")
+    log = Path(demo.log.name)
+    wait_for(lambda: "roost is running" in log.read_text(), "the backfill")
+    request = urllib.request.Request(demo.url + "/things/lounge-lamp/properties/on", data=b'{"on": true}', method="PUT")
+    urllib.request.urlopen(request, timeout=5).read()
+    wait_for(lambda: get(demo, "/things/porch-light/properties/on") == {"on": True}, "the bonded porch light")
+    text = log.read_text()
+    assert "rules: 4 loaded" in text
+    assert "waits for" not in text  # the house's things are there before its rules start
+    assert [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line] == []
+
+
 def test_the_study_sensor_publishes_like_zigbee2mqtt_and_arrives_through_roosts_mqtt_source(start_demo, mosquitto):  # noqa: F811
     async def listen() -> dict[str, bytes]:
         got: dict[str, bytes] = {}

@@ -645,6 +645,34 @@ async def test_a_rule_waits_for_a_thing_that_appears_later():
         assert house.things["Philips HUE 02"]["on"] is True
 
 
+async def test_in_the_hub_a_waiting_rule_is_said_once_and_an_error_only_when_its_thing_does_not_come(caplog):
+    caplog.set_level(logging.INFO, logger="roost.rules")
+    house = RuleHarness(LeaderIf, things=[])
+    house.engine.wait_for_things = True  # as the hub runs it: devices become things after the rules start
+    async with house:
+        assert house.problems == []
+        said = lambda: [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "roost.rules"]
+        assert said() == [("INFO", 'rule LeaderIf waits for "Philips_HUE_01", not known yet '
+                                   "(a device becomes a thing when its source first reports it)")]
+        await house.engine.retry_waiting()  # still missing, but not for long: nothing more to say
+        assert len(said()) == 1 and not house.rule("LeaderIf").armed
+
+        house.engine.wait_error_s = 0  # as if a minute had gone by
+        await house.engine.retry_waiting()
+        await house.engine.retry_waiting()
+        errors = [m for level, m in said() if level == "ERROR"]
+        assert len(errors) == 1
+        assert 'LeaderIf.register_triggers: no thing named "Philips_HUE_01" — still not there after' in errors[0]
+
+        for thing in bulbs(3):
+            house.registry.add(thing)
+            house.things[thing.title] = thing
+        await house.engine.retry_waiting()
+        assert said()[-1] == ("INFO", 'rule LeaderIf: "Philips_HUE_01" is here now; armed')
+        await house.change("Philips HUE 01", on=True)
+        assert house.things["Philips HUE 02"]["on"] is True
+
+
 # ------------------------------------------------------------------ the examples
 
 

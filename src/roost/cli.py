@@ -199,7 +199,10 @@ async def _serve(settings: Settings, demo_args: argparse.Namespace | None = None
             ))
             for line in demo.summary():
                 print(f"demo: {line}", file=sys.stderr, flush=True)
-        hub = await stack.enter_async_context(Hub(settings))
+        hub = Hub(settings)
+        if demo is not None:
+            demo.add_things(hub)  # before the hub starts its rules, so they find the house's lights at once
+        await stack.enter_async_context(hub)
         if demo is not None:
             await demo.start(hub, parse_duration_ms(demo_args.backfill))
         loop = asyncio.get_running_loop()

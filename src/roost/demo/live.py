@@ -14,7 +14,7 @@ from roost.demo import sensor as sensor_module
 from roost.demo.house import INTERVAL_MS, METER_SERIES, ROOMS, SENSOR_SERIES, House, backfill
 from roost.demo.meter import SimulatedMeter
 from roost.demo.sensor import Zigbee2MqttSensor
-from roost.demo.things import add_things
+from roost.demo.things import add_things, show_latest
 from roost.errors import RoostError
 from roost.model import Reading, now_ms
 
@@ -22,7 +22,8 @@ log = logging.getLogger("roost.demo")
 
 
 class Demo:
-    """`async with Demo(...) as demo:` around the hub starts the simulated devices; `await demo.start(hub, ...)` the rest.
+    """`async with Demo(...) as demo:` around the hub starts the simulated devices; `demo.add_things(hub)` before the
+    hub starts (so the demo's rules find their things at once), `await demo.start(hub, ...)` the rest.
 
     `mqtt` is the broker for the study's sensor, or None for none; a broker that cannot be reached is skipped (with
     the reason in `summary()`) unless `mqtt_required`, when it is an error.
@@ -73,11 +74,16 @@ class Demo:
             lines.append(f"MQTT skipped: {self.mqtt_skipped} — no study sensor (start a broker there, or pass --mqtt URL)")
         return lines
 
+    def add_things(self, hub) -> None:
+        """Register the house's lights, plug and rooms as things (on a hub not started yet: before its rules)."""
+        add_things(hub)
+
     async def start(self, hub, backfill_ms: int) -> None:
         """Write the history, show the meter's current reading, then start the sources and the live readings."""
         written = await asyncio.to_thread(backfill, hub.store, self.house, backfill_ms, now_ms())
         if written:
             log.info("backfilled %s of history: %d readings", describe(backfill_ms), written)
+        show_latest(hub)
         # The meter shows where the history ends before roost's Modbus source first polls it.
         latest = hub.store.latest()
         power = latest.get(METER_SERIES["power_watts"])
@@ -89,11 +95,10 @@ class Demo:
 
 
 async def run_live(hub, demo: Demo) -> None:
-    """Register the house's things, then every interval (aligned to its grid) move the house on a step.
+    """Every interval (aligned to its grid) move the house on a step.
 
     The rooms' readings go straight to the hub, the meter's into its registers, the study's out as MQTT messages.
     """
-    add_things(hub)
     house, interval_ms = demo.house, demo.interval_ms
     while True:
         now = now_ms()

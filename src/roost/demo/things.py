@@ -23,8 +23,12 @@ _SENSORS = {  # series metric → (property, unit, @type)
 
 
 def add_things(hub) -> None:
-    """Register the simulated house's things on the hub, their sensor values bound to the demo's series."""
-    things, latest = hub.things, hub.store.latest()
+    """Register the simulated house's things, their sensor values bound to the demo's series.
+
+    Called before the hub starts (it needs only the registry and the feed), so the demo's rules find the lights
+    when they start; the rooms' values come with `show_latest` once the history is written.
+    """
+    things = hub.things
 
     async def accept(name, value) -> None:  # a simulated device does what it is told
         return None
@@ -70,5 +74,13 @@ def add_things(hub) -> None:
                          f"Simulated sensors ({', '.join(props)})", props, origin="demo"))
         for series, (prop, _unit, _t) in bound.items():
             hub.thing_service.feed.bind(series, room, prop)
+
+
+def show_latest(hub) -> None:
+    """Give the rooms' things the latest stored values (the end of the history) before live readings come."""
+    latest = hub.store.latest()
+    for room in ROOMS:
+        for metric, (prop, _unit, _t) in _SENSORS.items():
+            series = Series.of(metric, room=room)
             if series in latest:
-                things.report(room, prop, latest[series][1], ts_ms=latest[series][0])
+                hub.things.report(room, prop, latest[series][1], ts_ms=latest[series][0])

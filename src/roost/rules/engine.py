@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,7 @@ log = logging.getLogger("roost.rules")
 History = Callable[[Selector, int, int], Iterable[Any]]  # store.read: SeriesData with .series, .ts, .values
 _THRESHOLD_LOOKBACK_MS = 5 * 60_000
 _SAVE_EVERY_S = 10.0
+_WAIT_BEFORE_ERROR_S = 60.0  # a rule's things normally appear within seconds of the start: retained MQTT states
 
 
 class _AnyProperties(dict):
@@ -114,7 +116,9 @@ class RuleRuntime:
                 thing = Thing(id=name, title=name.replace("_", " "), properties=_AnyProperties())
             else:
                 known = sorted(things)
-                raise UnknownThing(f'no thing named "{name}"{did_you_mean(name, known)}')
+                err = UnknownThing(f'no thing named "{name}"{did_you_mean(name, known)}')
+                err.thing = name  # type: ignore[attr-defined]
+                raise err
         proxy = self._proxies[name] = ThingProxy(thing, self)
         return proxy
 
@@ -306,7 +310,7 @@ class RuleRuntime:
         where = f"{self.source.where.rsplit(':', 1)[0]}:{line}" if self.source.path else self.source.where
         message = str(err) if isinstance(err, RuleError) else f"{type(err).__name__}: {err}"
         error = RuleError(f"{where}: {self.name}.{method}: {message}")
-        error.unknown_thing = isinstance(err, UnknownThing)  # type: ignore[attr-defined]
+        error.unknown_thing = getattr(err, "thing", None) if isinstance(err, UnknownThing) else None  # type: ignore[attr-defined]
         return error
 
     def _take(self, result: Any) -> None:
@@ -375,8 +379,23 @@ def _iso(when: datetime | None) -> str:
     return when.isoformat(timespec="seconds") if when else ""
 
 
+class _Waiting:
+    """A rule waiting for a thing it names: since when, what is missing, whether that was logged as an error."""
+
+    def __init__(self, thing: str, problem: str):
+        self.since = time.monotonic()
+        self.thing = thing
+        self.problem = problem
+        self.reported = False
+
+
 class RuleEngine:
-    """`async with RuleEngine(registry, clock=..., place=...) as engine: await engine.load(sources)`."""
+    """`async with RuleEngine(registry, clock=..., place=...) as engine: await engine.load(sources)`.
+
+    `wait_for_things` (the hub): a rule naming a thing the registry does not have yet is not a problem of
+    `load()` but waits for it (`watch()` retries), logged once; an error only when it has not appeared after
+    a minute. Without it (a test harness, whose things are all there) that is a problem at once.
+    """
 
     def __init__(
         self,
@@ -389,8 +408,11 @@ class RuleEngine:
         max_failures: int = 3,
         state_file: Path | None = None,
         strict: bool = True,
+        wait_for_things: bool = False,
     ):
         self.registry = registry
+        self.wait_for_things = wait_for_things
+        self.wait_error_s = _WAIT_BEFORE_ERROR_S
         self.clock: Clock = clock or WallClock()
         self.place = place or Place()
         self.readings = readings
@@ -403,7 +425,7 @@ class RuleEngine:
         self._by_thing: dict[str, list[tuple[RuleRuntime, ThingTrigger]]] = {}
         self._thresholds: list[tuple[RuleRuntime, Threshold]] = []
         self._threshold_cache: dict[Series, list[tuple[RuleRuntime, Threshold]]] = {}
-        self._waiting: set[str] = set()  # rules whose things have not appeared yet
+        self._waiting: dict[str, _Waiting] = {}  # rule name → the thing it waits for
         self._group: asyncio.TaskGroup | None = None
         self._saved: dict[str, Any] = self._load_state()
         self._dirty = False
@@ -485,12 +507,25 @@ class RuleEngine:
             problems = await self.reload_if_changed()
             for problem in problems or ():
                 log.error("%s", problem)
-            for name in list(self._waiting):
-                rt = self.runtimes.get(name)
-                if rt is None or not rt.enabled:
-                    self._waiting.discard(name)
-                elif not await self.arm(rt, quiet=True):
-                    log.info("rule %s: its things are here now; armed", name)
+            await self.retry_waiting()
+
+    async def retry_waiting(self) -> None:
+        """Arm the rules whose things have appeared; an error for each that has waited too long."""
+        for name, waiting in list(self._waiting.items()):
+            rt = self.runtimes.get(name)
+            if rt is None or not rt.enabled:
+                self._waiting.pop(name, None)
+                continue
+            await self.arm(rt, quiet=True)
+            if rt.armed:
+                log.info('rule %s: "%s" is here now; armed', name, waiting.thing)
+            elif not waiting.reported and time.monotonic() - waiting.since >= self.wait_error_s:
+                waiting.reported = True
+                log.error(
+                    "%s — still not there after %.0f s; the rule stays off until it appears (is its source running? "
+                    "`roost check` compares the rules' names with the hub's things)",
+                    waiting.problem, time.monotonic() - waiting.since,
+                )
 
     # ------------------------------------------------------------------ arming
 
@@ -501,14 +536,23 @@ class RuleEngine:
         try:
             rt.bind()
         except RuleError as err:
-            if getattr(err, "unknown_thing", False):
-                if rt.name not in self._waiting and not quiet:
-                    log.warning("%s (the rule waits for the thing to appear)", err)
-                self._waiting.add(rt.name)
+            missing = getattr(err, "unknown_thing", None)
+            if missing is None:
+                self._waiting.pop(rt.name, None)
+                return None if quiet else str(err)
+            waiting = self._waiting.get(rt.name)
+            if waiting is None:
+                waiting = self._waiting[rt.name] = _Waiting(missing, str(err))
+            elif waiting.thing != missing:  # one of its things came, another is still missing
+                waiting.thing, waiting.reported = missing, False
             else:
-                self._waiting.discard(rt.name)
-            return None if quiet else str(err)
-        self._waiting.discard(rt.name)
+                missing = None  # said already
+            waiting.problem = str(err)
+            if missing is not None and self.wait_for_things:
+                log.info('rule %s waits for "%s", not known yet (a device becomes a thing when its source first '
+                         "reports it)", rt.name, missing)
+            return None if quiet or self.wait_for_things else str(err)
+        self._waiting.pop(rt.name, None)
         if self.registry.__contains__(rt.thing_id):
             self.registry.get(rt.thing_id).description = rt.sentence
         rt._queue = asyncio.Queue()

@@ -1,17 +1,19 @@
 """The hub: owns the store, the bus and the HTTP server, and runs the background work in one TaskGroup.
 
 Ingest path: `ingest()` (awaits durability: HTTP push) and `submit()` (fire-and-forget: device sources) queue
-readings for one writer task. The writer appends each batch to the store's WAL, syncs once per batch (a group
-commit), acknowledges, and only then publishes the stored readings on the bus for things, rules, exporters and
-live views. When the disk is full the writer holds unacknowledged readings in memory (bounded by
-`store.max_buffered`, oldest dropped and counted beyond that), fails acknowledged-path writes with
-StoreFullError, and retries until space returns.
+readings for one writer task. The writer appends each batch to the store's WAL and publishes the stored readings
+on the bus for things, rules, exporters and live views at once, then syncs once per batch (a group commit) and
+only then acknowledges. What was acknowledged is durable; a rule reacting to a reading does not wait for the
+disk (the fsync's tail was the largest share of a rule's latency, see bench/README.md). When the disk is full
+the writer holds unacknowledged readings in memory (bounded by `store.max_buffered`, oldest dropped and counted
+beyond that), fails acknowledged-path writes with StoreFullError, and retries until space returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import deque
@@ -65,6 +67,15 @@ def store_options(settings: Settings) -> StoreOptions:
         fsync=s.fsync,
         retention=tuple(RetentionRule(Selector.parse(r.match), r.keep_ms, r.raw_ms) for r in s.retention),
     )
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what the hub made at start (modules, the rules, the store's index) out of the collector's full passes.
+
+    Those objects live as long as the hub, yet every full collection walked all of them: 60–90 ms with the event
+    loop stopped, the longest pause in bench/rules.py. Frozen, a full pass walks only what came since.
+    """
+    gc.freeze()
 
 
 @dataclass(eq=False)
@@ -135,6 +146,7 @@ class Hub:
             self.backup = BackupScheduler(self)
             if self.settings.backup.schedule:
                 self.spawn(self.backup.run(), "backup-schedule")
+        _freeze_startup_objects()
         return self
 
     async def _start_rules(self) -> None:
@@ -145,6 +157,7 @@ class Hub:
         self.rules = RuleEngine(
             self.things, place=settings.place(), readings=self.bus, history=self.store.read,
             max_failures=settings.max_failures, state_file=self.settings.hub.data / "rules-state.json",
+            wait_for_things=True,
         )
         await self.rules.__aenter__()
         for problem in await self.rules.load_directory(settings.directory):
@@ -187,6 +200,7 @@ class Hub:
         except RoostError as err:
             log.warning("final compaction skipped: %s (the write-ahead log keeps the data)", err)
         self.store.close()
+        gc.unfreeze()  # a process that runs hub after hub (tests) lets the old ones' objects go
 
     def spawn(self, coro, name: str) -> asyncio.Task:
         """Run a background coroutine for the hub's lifetime (sources, demo, exporters)."""
@@ -227,6 +241,7 @@ class Hub:
             for item in batch:
                 result = self.store.write(item.readings)
                 stored.append((item, result))
+                self._publish(item.readings, result)
             await asyncio.to_thread(self.store.sync)
         except StoreFullError as err:
             self.metrics.store_errors.labels(reason="disk_full").inc()
@@ -251,6 +266,7 @@ class Hub:
         self._held.clear()
         self.metrics.buffered.set(0)
         log.info("disk space is back: stored %d readings held in memory", len(held))
+        self._publish(held, result)
         self._account(held, result)
 
     def _hold(self, readings: list[Reading]) -> None:

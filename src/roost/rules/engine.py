@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from roost.bus import Bus
 from roost.model import Reading, Series
 from roost.rules.clock import Clock, Place, WallClock
@@ -724,7 +726,8 @@ class RuleEngine:
         self._saved.update(state)
         tmp = self.state_file.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(self._saved, indent=1, sort_keys=True))
+            # orjson: json's indenting encoder is pure Python, ~7 ms for 500 rules with the event loop stopped
+            tmp.write_bytes(orjson.dumps(self._saved, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
             os.replace(tmp, self.state_file)
             self._dirty = False
         except OSError as err:

@@ -38,7 +38,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from roost import __version__, promql
 from roost.durations import parse_duration_ms
 from roost.errors import RoostError, StoreFullError
-from roost.export.prompb import WireError, decode_write_request
+from roost.export.prompb import TooLarge, WireError, decode_write_request
 from roost.model import now_ms
 from roost.promql import BadData, PromQLError, RawMatrix, Vector
 from roost.selector import Selector
@@ -87,8 +87,11 @@ def format_value(v: float) -> str:
 
 
 def format_values(values: np.ndarray) -> list[str]:
-    """`format_value` of every value: Python's repr for the digits, fixed up where Go's format differs."""
-    out = list(map(repr, values.tolist()))
+    """`format_value` of every value. orjson writes the same shortest digits as repr, ten times faster; what
+    Go writes differently (whole numbers, exponents, NaN and infinities) is fixed up."""
+    if not len(values):
+        return []
+    out = orjson.dumps(values.tolist()).decode().strip("[]").split(",")
     magnitude = np.abs(values)
     with np.errstate(invalid="ignore"):
         whole = (values == np.trunc(values)) & (magnitude < 1e16)  # repr "21.0" -> "21"
@@ -289,7 +292,9 @@ class _PrometheusApi:
             return web.Response(status=413, text=f"body over {MAX_WRITE_BYTES} bytes: lower max_samples_per_send")
         body = await request.read()
         try:
-            decoded = await asyncio.to_thread(decode_write_request, body)
+            decoded = await asyncio.to_thread(decode_write_request, body, MAX_WRITE_BYTES)
+        except TooLarge as err:
+            return web.Response(status=413, text=f"{err}: lower max_samples_per_send")
         except WireError as err:
             return web.Response(status=400, text=f"{err}: send remote-write 1.0 (snappy-compressed protobuf)")
         for problem in decoded.invalid:

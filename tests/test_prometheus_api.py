@@ -11,6 +11,7 @@ import aiohttp
 import numpy as np
 
 from prometheus_peers import Prometheus, need
+from roost.api.prometheus import format_values
 from roost.export import encode_write_request
 from roost.model import Reading, Series, now_ms
 
@@ -30,6 +31,16 @@ async def _demo_like(hub) -> int:
     hub.store.write_bulk(Series.of("roost_readings_total", instance="other"), ts, np.arange(len(ts), dtype=float))
     await hub.ingest([Reading(Series.of("label_escaping", room='a "quoted"\\ room\n'), now, 1.0)])
     return now
+
+
+def test_sample_values_are_written_as_prometheus_writes_them():
+    # Go's strconv.FormatFloat(v, 'f', -1, 64), with Prometheus' NaN and ±Inf
+    expected = {
+        21.0: "21", 21.37: "21.37", -0.0: "-0", 0.1 + 0.2: "0.30000000000000004", 1e16: "10000000000000000",
+        123456789012345680.0: "123456789012345680", 1e-4: "0.0001", 1.5e-7: "0.00000015", 1e-5: "0.00001",
+        float("nan"): "NaN", float("inf"): "+Inf", float("-inf"): "-Inf", 1234.5678: "1234.5678",
+    }
+    assert format_values(np.array(list(expected))) == list(expected.values())
 
 
 def _promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -140,11 +140,17 @@ def load_config(path: Path | None, *, data_dir: str | None = None) -> Settings:
     if path is not None:
         path = Path(path)
         try:
-            text = path.read_bytes().decode("utf-8")
+            raw = path.read_bytes()
+            text = raw.decode("utf-8")
         except OSError as e:
             raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
         except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: the config file is not UTF-8 text (byte {e.start})") from None
+            line = raw.count(b"\n", 0, e.start) + 1
+            column = e.start - raw.rfind(b"\n", 0, e.start)
+            raise ConfigError(
+                f"{path}:{line}: the config file is not UTF-8 text (column {column}, byte {raw[e.start]:#04x}); "
+                "save it as UTF-8"
+            ) from None
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -289,6 +295,8 @@ class _Checker:
     def checked(self, converted: Any, raw: Any, path: tuple, meta: Any, fmt: Any) -> Any:
         """Apply the field's metadata: `min`/`max` bounds and a `check` that raises ValueError."""
         meta = meta or {}
+                if tp is int and not -(2**63) <= value < 2**63:  # TOML integers are 64-bit; Python's parser is lenient
+                    return self.problem(path, f"expected a 64-bit integer, got {_show(value)}")
         if meta.get("min") is not None and converted < meta["min"]:
             return self.problem(path, f"expected at least {_show(fmt(meta['min']))}, got {_show(raw)}")
         if meta.get("max") is not None and converted > meta["max"]:

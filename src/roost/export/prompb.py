@@ -22,9 +22,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from roost.errors import InvalidReading
-from roost.model import Reading, Series
+from roost.model import Reading, Series, now_ms, timestamp_problem
 
-__all__ = ["DecodedWrite", "WireError", "decode_write_request", "encode_write_request"]
+__all__ = ["MAX_DECODED_BYTES", "DecodedWrite", "TooLarge", "WireError", "decode_write_request", "encode_write_request"]
 
 HEADERS = {
     "Content-Encoding": "snappy",
@@ -36,6 +36,23 @@ _STALE_NAN = 0x7FF0000000000002  # Prometheus' staleness marker: a NaN with this
 
 class WireError(ValueError):
     """A body that is not a snappy-compressed WriteRequest."""
+
+
+class TooLarge(WireError):
+    """A body whose snappy header declares more bytes than the receiver accepts."""
+
+
+MAX_DECODED_BYTES = 32 * 1024 * 1024  # Prometheus sends a few hundred KB per request
+
+
+def _declared_length(body: bytes) -> int:
+    """The uncompressed length a snappy block declares in its leading varint (at most 32 bits, 5 bytes)."""
+    length = 0
+    for i, byte in enumerate(body[:5]):
+        length |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return length
+    raise WireError("the body is not snappy block-compressed (no valid length header)")
 
 
 def _message_class():
@@ -89,8 +106,15 @@ class DecodedWrite:
     invalid: list[InvalidReading] = field(default_factory=list)
 
 
-def decode_write_request(body: bytes) -> DecodedWrite:
-    """Readings of a snappy-compressed WriteRequest; raises WireError for a body that is not one."""
+def decode_write_request(body: bytes, max_bytes: int = MAX_DECODED_BYTES) -> DecodedWrite:
+    """Readings of a snappy-compressed WriteRequest; raises WireError for a body that is not one.
+
+    The declared uncompressed length is checked against `max_bytes` before anything is allocated: six bytes
+    claiming 4 GiB must not make the receiver reserve 4 GiB (TooLarge).
+    """
+    declared = _declared_length(body)
+    if declared > max_bytes:
+        raise TooLarge(f"the body declares {declared:,} bytes uncompressed, over the limit of {max_bytes:,}")
     try:
         raw = bytes(cramjam.snappy.decompress_raw(body))
     except Exception as exc:  # cramjam raises its own DecompressionError
@@ -101,6 +125,7 @@ def decode_write_request(body: bytes) -> DecodedWrite:
     except DecodeError as exc:
         raise WireError(f"the body is not a remote-write WriteRequest ({exc})") from None
     out = DecodedWrite()
+    now = now_ms()
     for ts in req.timeseries:
         labels = {lb.name: lb.value for lb in ts.labels}
         metric = labels.pop("__name__", "")
@@ -119,6 +144,9 @@ def decode_write_request(body: bytes) -> DecodedWrite:
                 continue
             if math.isinf(v):
                 out.invalid.append(InvalidReading("inf", f"{series}: value is infinite"))
+                continue
+            if problem := timestamp_problem(s.timestamp, now):
+                out.invalid.append(InvalidReading("bad_timestamp", f"{series}: {problem}"))
                 continue
             out.readings.append(Reading(series, s.timestamp, v))
     return out

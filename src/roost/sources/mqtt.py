@@ -299,7 +299,7 @@ def _number(value: object) -> float | None:
 def _json_object(topic: str, payload: bytes) -> tuple[dict | None, Problem | None]:
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: [[[[… nested past the stack
         return None, Problem("invalid_json", topic, f"{topic}: payload is not JSON ({err}): {payload[:80]!r}")
     if not isinstance(obj, dict):
         return None, Problem("invalid_payload", topic, f"{topic}: expected a JSON object, got {payload[:80]!r}")
@@ -339,7 +339,7 @@ class _Zigbee2Mqtt:
             return None
         try:
             obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None
         return (route[1], obj) if isinstance(obj, dict) else None
 
@@ -357,7 +357,7 @@ class _Zigbee2Mqtt:
         if text.startswith(b"{"):
             try:
                 text = str(json.loads(text).get("state", "")).encode()
-            except (ValueError, AttributeError, UnicodeDecodeError):
+            except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
                 text = b""
         if text not in (b"online", b"offline"):
             if not payload:

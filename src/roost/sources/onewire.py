@@ -32,6 +32,7 @@ _SENSOR_ID = re.compile(r"28-[0-9a-f]{12}")
 # A DS18B20 powers up with 85 °C in its scratchpad: reading that means the conversion never ran
 # (a brown-out on parasite power, or a read racing the power-on), not that the room is on fire.
 _POWER_ON_RESET = 85_000
+_RANGE = (-55_000, 125_000)  # what a DS18B20 can measure, m°C; anything else is a corrupted read
 _W1_SLAVE = re.compile(r"(?:[0-9a-f]{2} ){9}: crc=[0-9a-f]{2} (YES|NO)\n(?:[0-9a-f]{2} ){9}t=(-?\d+)\n?")
 
 
@@ -70,7 +71,7 @@ class _Unusable(Exception):
 def read_millicelsius(device: Path) -> int:
     """The temperature of one sensor directory in m°C, from `temperature` if present, else `w1_slave`.
 
-    Blocks for a conversion. Raises _Unusable (reasons `crc`, `power_on_reset`, `unreadable`, `malformed`).
+    Blocks for a conversion. Raises _Unusable (reasons `crc`, `power_on_reset`, `out_of_range`, `unreadable`, `malformed`).
     """
     try:
         try:
@@ -94,6 +95,8 @@ def read_millicelsius(device: Path) -> int:
         value = int(m[2])
     if value == _POWER_ON_RESET:
         raise _Unusable("power_on_reset", f"{device.name}: 85 °C power-on value, the conversion did not run (power?)")
+    if not _RANGE[0] <= value <= _RANGE[1]:
+        raise _Unusable("out_of_range", f"{device.name}: {value / 1000:g} °C is outside the DS18B20's -55 to 125 °C")
     return value
 
 

@@ -288,6 +288,8 @@ class _Checker:
             # bool is an int subclass in Python but not in TOML; an integer is a fine float
             accepted = (int, float) if tp is float else tp
             if isinstance(value, accepted) and (tp is bool) == isinstance(value, bool):
+                if tp is int and not -(2**63) <= value < 2**63:  # TOML integers are 64-bit; Python's parser is lenient
+                    return self.problem(path, f"expected a 64-bit integer, got {_show(value)}")
                 return self.checked(tp(value), value, path, meta, lambda limit: limit)
             return self.problem(path, f"expected {_KINDS[tp]}, got {_show(value)}")
         raise TypeError(f"config schema: unsupported field type {tp} at {_path_text(path)}")
@@ -295,8 +297,6 @@ class _Checker:
     def checked(self, converted: Any, raw: Any, path: tuple, meta: Any, fmt: Any) -> Any:
         """Apply the field's metadata: `min`/`max` bounds and a `check` that raises ValueError."""
         meta = meta or {}
-                if tp is int and not -(2**63) <= value < 2**63:  # TOML integers are 64-bit; Python's parser is lenient
-                    return self.problem(path, f"expected a 64-bit integer, got {_show(value)}")
         if meta.get("min") is not None and converted < meta["min"]:
             return self.problem(path, f"expected at least {_show(fmt(meta['min']))}, got {_show(raw)}")
         if meta.get("max") is not None and converted > meta["max"]:

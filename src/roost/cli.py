@@ -29,6 +29,7 @@ examples:
   roost import history.csv                     bring history in (csv, parquet, Influx line protocol)
   roost export --since 30d --format parquet -o month.parquet
   roost snapshot --to /mnt/usb/roost-snap      consistent snapshot while the hub runs; roost verify DIR checks it
+  roost token create --name phone --scope read an access token; the hub then asks every request for one
 """
 
 
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     from roost.rules.commands import add_rule_commands
 
     add_rule_commands(add)
+
+    from roost.access.commands import add_token_commands
+
+    add_token_commands(add, common)
     return parser
 
 

@@ -70,6 +70,13 @@ class HubSettings:
     listen: str = field(default="127.0.0.1:8080", metadata={"check": _split_listen})
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     site: str = ""
+    tls_cert_file: Path | None = None  # PEM certificate (chain): serve https:// (docs/security.md)
+    tls_key_file: Path | None = None  # its PEM private key
+
+    def _validate(self) -> list[str]:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            return ["give both tls_cert_file and tls_key_file, or neither"]
+        return []
 
     @property
     def listen_host(self) -> str:

@@ -109,6 +109,14 @@ class Hub:
     async def __aenter__(self) -> Hub:
         _keep_query_buffers_on_the_heap()
         data = self.settings.hub.data
+        hub_settings = self.settings.hub
+        tls = None
+        if self._serve_http:
+            from roost.access import check_listen, tls_context
+
+            check_listen(hub_settings.listen_host, hub_settings.listen_port, data)  # no tokens: loopback only
+            if hub_settings.tls_cert_file and hub_settings.tls_key_file:
+                tls = tls_context(hub_settings.tls_cert_file, hub_settings.tls_key_file)
         from roost.durability.replication import Primary
 
         self.replication = await Primary.start(self)  # refuses a standby's store, or a former primary after a promotion
@@ -119,7 +127,7 @@ class Hub:
 
             self._runner = web.AppRunner(create_app(self), access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.settings.hub.listen_host, self.settings.hub.listen_port)
+            site = web.TCPSite(self._runner, hub_settings.listen_host, hub_settings.listen_port, ssl_context=tls)
             try:
                 await site.start()
             except OSError as exc:
@@ -130,7 +138,8 @@ class Hub:
                     f"({exc.strerror}) — is another roost running? choose another port with --listen"
                 ) from None
             port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
-            self.url = f"http://{self.settings.hub.listen_host}:{port}"
+            host = hub_settings.listen_host
+            self.url = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
             log.info("serving %s", self.url)
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()

@@ -7,6 +7,10 @@ Routes:
   POST /write, /api/v2/write   Influx line protocol push (v1 and v2)     see sources/http_push.py
   GET  /metrics, /api/v1/...   Prometheus exposition, query API and remote write (roost.api.prometheus)
   GET  /healthz                liveness
+  GET  /login, POST /logout    the dashboard's login with a token (roost.api.auth, docs/security.md)
+
+Every route is behind roost.api.auth: while any token exists, or the hub listens beyond loopback, a request
+needs a token with the route's scope.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from roost.api.auth import add_access_control
 from roost.api.dashboard import add_dashboard_routes
 from roost.api.prometheus import add_prometheus_routes
 from roost.api.responses import json_response
@@ -43,6 +48,7 @@ def create_app(hub: Hub) -> web.Application:
     # own decompression would store a truncated last line as a wrong reading).
     app = web.Application(client_max_size=16 * 1024 * 1024, handler_args={"auto_decompress": False})
     app[HUB] = hub
+    add_access_control(app, hub)  # tokens, scopes, the login cookie: docs/security.md
     add_dashboard_routes(app, hub)
     app.router.add_get("/api/series", api_series)
     app.router.add_get("/api/query", api_query)

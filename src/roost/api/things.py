@@ -30,6 +30,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import Counter
 
+from roost.api.auth import may, sees
 from roost.api.responses import json_response
 from roost.errors import RoostError
 from roost.things import (
@@ -48,7 +49,7 @@ log = logging.getLogger("roost.api.things")
 
 CONTEXT = "https://webthings.io/schemas/"
 SEND_QUEUE = 256  # messages per WebSocket client
-_REASONS = {400: "400 Bad Request", 404: "404 Not Found", 502: "502 Bad Gateway"}
+_REASONS = {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found", 502: "502 Bad Gateway"}
 FANOUT = web.AppKey("things_fanout", object)
 
 
@@ -114,7 +115,8 @@ class _ThingApi:
 
     async def things(self, request: web.Request) -> web.Response:
         origin, ws_origin = _origins(request)
-        return json_response([thing_description(t, origin, ws_origin) for t in self.registry])
+        # A token limited to some things (roost token create --things) sees only those.
+        return json_response([thing_description(t, origin, ws_origin) for t in self.registry if sees(request, t.id)])
 
     async def thing(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -206,7 +208,7 @@ class _ThingApi:
     async def _websocket(self, request: web.Request, thing: Thing) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
-        client = _Client(thing.id, ws)
+        client = _Client(thing.id, ws, may_write=may(request, "write"))
         self.fanout.add(client)
         sender = asyncio.create_task(client.send_all(), name=f"things-ws-{thing.id}")
         try:
@@ -231,7 +233,9 @@ class _ThingApi:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             client.error(400, f'expected {{"messageType": ..., "data": {{...}}}}, got {text[:100]!r}', text)
             return
-        if kind == "setProperty":
+        if kind in ("setProperty", "requestAction") and not client.may_write:
+            client.error(403, f"{kind}: this connection's token has scope read; writes need scope write", message)
+        elif kind == "setProperty":
             for name, value in data.items():
                 try:
                     await self.registry.set(client.thing_id, name, value, origin="api")
@@ -266,9 +270,10 @@ async def _body(request: web.Request) -> Any:
 class _Client:
     """One WebSocket client of one thing: what it subscribed to and its bounded send queue (oldest dropped)."""
 
-    def __init__(self, thing_id: str, ws: web.WebSocketResponse):
+    def __init__(self, thing_id: str, ws: web.WebSocketResponse, *, may_write: bool = True):
         self.thing_id = thing_id
         self.ws = ws
+        self.may_write = may_write  # setProperty and requestAction need a token of scope write
         self.events: set[str] = set()
         self.queue: deque[str] = deque(maxlen=SEND_QUEUE)
         self.dropped = 0

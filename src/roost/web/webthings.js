@@ -57,7 +57,8 @@ export class ThingClient {
   async set(thingId, name, value) {
     const response = await fetch(`/things/${encodeURIComponent(thingId)}/properties/${encodeURIComponent(name)}`, {
       method: "PUT",
-      headers: { "Content-Type": "application/json" },
+      // The hub refuses a change made with its login cookie without this header, which another site cannot send.
+      headers: { "Content-Type": "application/json", "X-Roost-Request": "1" },
       body: JSON.stringify({ [name]: value }),
     });
     const body = await response.json().catch(() => ({}));

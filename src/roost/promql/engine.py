@@ -362,6 +362,15 @@ def _window_reduce(ufunc: np.ufunc, a: np.ndarray, lo: np.ndarray, hi: np.ndarra
     return ufunc.reduceat(ext, idx)[0::2]
 
 
+def _sparse_window_sum(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """`a[lo[i]:hi[i]].sum()` for every i, 0 for empty windows, in time proportional to a's non-zero values."""
+    nonzero = np.flatnonzero(a)
+    if not len(nonzero):
+        return np.zeros(len(lo))
+    n_lo, n_hi = np.searchsorted(nonzero, lo), np.searchsorted(nonzero, hi)
+    return np.where(n_hi > n_lo, _window_reduce(np.add, a[nonzero], n_lo, n_hi), 0.0)
+
+
 def _windows(ts: np.ndarray, ref: np.ndarray, range_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample index bounds [lo, hi) of every window [t - range, t], closed on the left as in Prometheus 2.x."""
     return np.searchsorted(ts, ref - range_ms, "left"), np.searchsorted(ts, ref, "right")
@@ -423,11 +432,9 @@ def _extrapolated_rate(is_counter: bool, is_rate: bool):
         result = v[hi - 1] - first_v
         if is_counter:
             # a drop between consecutive samples is a reset: the counter restarted from zero
-            drops = np.flatnonzero(v[1:] < v[:-1]) + 1
-            if len(drops):  # usually few: each window sums only the drops inside it
-                d_lo, d_hi = np.searchsorted(drops, lo + 1), np.searchsorted(drops, hi)
-                sums = _window_reduce(np.add, v[drops - 1], d_lo, d_hi)
-                result = result + np.where(d_hi > d_lo, sums, 0.0)
+            resets = np.zeros(len(v))
+            resets[1:] = np.where(v[1:] < v[:-1], v[:-1], 0.0)
+            result = result + _sparse_window_sum(resets, lo + 1, hi)
         out[ok] = _extrapolate(result, ts[lo], ts[hi - 1], first_v, n, ref, range_ms, is_counter, is_rate)
         return out, ok
 
@@ -543,8 +550,8 @@ def _bucketed_rate(is_counter: bool, is_rate: bool):
         if is_counter:
             before = np.concatenate(([-1], b.prev[:-1]))  # the newest non-empty bucket before each bucket
             across = np.where((b.count > 0) & (before >= 0) & (b.first < b.last[before]), b.last[before], 0.0)
-            inner = _window_reduce(np.add, b.resets, a, e)
-            between = np.where(fi + 1 < e, _window_reduce(np.add, across, np.minimum(fi + 1, e), e), 0.0)
+            inner = _sparse_window_sum(b.resets, a, e)
+            between = _sparse_window_sum(across, np.minimum(fi + 1, e), e)
             to_end = np.where(edge_ok & (edge_v < b.last[li]), b.last[li], 0.0)
             result = result + inner + between + to_end
         out[ok] = _extrapolate(result, b.first_ts[fi], last_t, first_v, n, ref, range_ms, is_counter, is_rate)

@@ -83,6 +83,14 @@ async def test_every_surface_refuses_a_request_without_a_token(http):
             assert "roost token create" in (await r.json())["error"]
 
 
+async def test_a_hub_on_loopback_without_tokens_asks_for_none(tmp_path):
+    async with Hub(hub_settings(tmp_path / "data")) as hub, aiohttp.ClientSession(base_url=hub.url) as http:
+        async with http.post("/write?precision=ms", data=b"room_temp value=20.5 1700000000000") as r:
+            assert r.status == 204
+        async with http.get("/api/series") as r:
+            assert r.status == 200 and [s["series"] for s in (await r.json())["series"]] == ["room_temp"]
+
+
 async def test_health_and_the_login_page_need_no_token(http):
     async with http.get("/healthz") as r:
         assert r.status == 200
@@ -430,3 +438,29 @@ def test_the_dashboard_logs_in_once_and_switches_a_light_with_its_cookie(browser
     request = urllib.request.Request(f"{hub.url}/things/kettle-plug/properties/on", headers=bearer(secret))
     assert json.loads(urllib.request.urlopen(request, timeout=5).read()) == {"on": want}
     page.close()  # no console errors, nothing fetched beyond the hub
+
+
+def test_rules_list_asks_a_hub_with_tokens_with_the_token_in_roost_token(tmp_path, monkeypatch):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "porch.py").write_text(
+        "from roost.rules import Rule, SunTrigger\n\n\nclass PorchLight(Rule):\n    \"\"\"Porch light at dusk.\"\"\"\n\n"
+        "    def register_triggers(self):\n        return (SunTrigger(\"dusk\", offset=\"-15m\"),)\n"
+    )
+    place = '[rules]\ndirectory = "rules"\nlatitude = 52.52\nlongitude = 13.4\ntimezone = "Europe/Berlin"\n'
+    (tmp_path / "hub.toml").write_text(place)
+    data = tmp_path / "data"
+    secret = TokenStore(data).create("cli", "read")[1]
+    hub = HubProcess(data, "-c", str(tmp_path / "hub.toml"))
+    try:
+        (tmp_path / "cli.toml").write_text(place + f'[hub]\nlisten = "127.0.0.1:{hub.port}"\n')
+        args = ("rules", "list", "-c", str(tmp_path / "cli.toml"), "--data", str(data))
+        monkeypatch.delenv("ROOST_TOKEN", raising=False)
+        without = run_roost(*args, cwd=tmp_path)
+        assert f"the hub at http://127.0.0.1:{hub.port} refused to answer without a token" in without.stderr
+        monkeypatch.setenv("ROOST_TOKEN", secret)
+        with_token = run_roost(*args, cwd=tmp_path)
+        assert with_token.stderr == ""
+        assert with_token.stdout.split() == "PorchLight enabled last run never Porch light at dusk.".split()
+    finally:
+        hub.kill(15)

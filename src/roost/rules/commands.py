@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import ssl
 import sys
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -26,11 +29,24 @@ def add_rule_commands(add) -> None:
     p.set_defaults(func=cmd_rules)
 
 
-def _hub_things(url: str) -> tuple[ThingRegistry | None, dict[str, dict[str, Any]]]:
+def _get(url: str, tls: ssl.SSLContext | None):
+    """GET with the token in $ROOST_TOKEN, when the hub has access tokens (docs/security.md)."""
+    request = urllib.request.Request(url)
+    if token := os.environ.get("ROOST_TOKEN"):
+        request.add_header("Authorization", f"Bearer {token}")
+    return urllib.request.urlopen(request, timeout=1.5, context=tls)
+
+
+def _hub_things(url: str, tls: ssl.SSLContext | None = None) -> tuple[ThingRegistry | None, dict[str, dict[str, Any]]]:
     """The things of a hub running at `url` as a registry (None when no hub answers), and their values."""
     try:
-        with urllib.request.urlopen(f"{url}/things", timeout=1.5) as response:
+        with _get(f"{url}/things", tls) as response:
             descriptions = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            print(f"note: the hub at {url} refused {'$ROOST_TOKEN' if os.environ.get('ROOST_TOKEN') else 'to answer without a token'}"
+                  " — set ROOST_TOKEN to a token of scope read (`roost token create`)", file=sys.stderr)
+        return None, {}
     except (OSError, ValueError):
         return None, {}
     registry = ThingRegistry()
@@ -46,7 +62,7 @@ def _hub_things(url: str) -> tuple[ThingRegistry | None, dict[str, dict[str, Any
         registry.add(Thing(id=thing_id, title=d.get("title", thing_id), properties=properties))
         if thing_id.startswith("rule-"):
             try:
-                with urllib.request.urlopen(f"{url}/things/{thing_id}/properties", timeout=1.5) as response:
+                with _get(f"{url}/things/{thing_id}/properties", tls) as response:
                     values[thing_id] = json.loads(response.read())
             except (OSError, ValueError):
                 pass
@@ -59,7 +75,7 @@ def check(settings) -> tuple[list[str], list[str]]:
     if directory is None:
         return [], []
     sources, problems = load_directory(directory)
-    registry, _ = _hub_things(_hub_url(settings))
+    registry, _ = _hub_things(_hub_url(settings), _tls(settings))
     runtimes, trouble = check_rules(sources, registry, settings.rules.place())
     notes = [f"{display(directory)}: {len(sources)} rule(s)"]
     unresolved = sorted({name for rt in runtimes for name in rt.unresolved})
@@ -69,7 +85,19 @@ def check(settings) -> tuple[list[str], list[str]]:
 
 
 def _hub_url(settings) -> str:
-    return f"http://{settings.hub.listen_host}:{settings.hub.listen_port}"
+    host = settings.hub.listen_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    scheme = "https" if settings.hub.tls_cert_file else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.hub.listen_port}"
+
+
+def _tls(settings) -> ssl.SSLContext | None:
+    """The hub's own certificate as the one to trust (a self-signed one included)."""
+    if not settings.hub.tls_cert_file:
+        return None
+    context = ssl.create_default_context(cafile=str(settings.hub.tls_cert_file))
+    context.check_hostname = False  # the certificate names the LAN address; this asks loopback
+    return context
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -81,7 +109,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     if directory is None:
         raise ConfigError("no rules directory: set [rules] directory in the config (-c FILE)")
     sources, problems = load_directory(directory)
-    registry, live = _hub_things(_hub_url(settings))
+    registry, live = _hub_things(_hub_url(settings), _tls(settings))
     runtimes, trouble = check_rules(sources, registry, settings.rules.place())
     saved = read_state(settings.hub.data / "rules-state.json")
     for rt in runtimes:

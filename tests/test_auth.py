@@ -177,6 +177,15 @@ async def test_a_revoked_token_is_refused_from_the_next_request(guarded, http, t
         assert r.status == 401 and (await r.json())["error"] == "unknown or revoked token"
 
 
+async def test_an_unreadable_tokens_file_closes_the_hub_rather_than_opening_it(guarded, http, tmp_path):
+    _, tokens, _ = guarded
+    (tmp_path / "data" / "tokens.json").write_text("{ not json")
+    async with http.get("/api/series", headers=bearer(tokens["owner"])) as r:
+        assert r.status == 503 and "tokens file" in (await r.json())["error"]
+    listed = run_roost("token", "list", "--data", str(tmp_path / "data"), check=False)
+    assert listed.returncode == 1 and "not a roost tokens file" in listed.stderr
+
+
 async def test_revoking_every_token_leaves_a_hub_that_refuses_beyond_loopback(tmp_path):
     data = tmp_path / "data"
     TokenStore(data).create("only", "read")

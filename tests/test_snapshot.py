@@ -52,7 +52,7 @@ def live(tmp_path):
     cfg.write_text('[store]\ncompact_interval = "1s"\n')
     hub = HubProcess(tmp_path / "data", "-c", str(cfg))
     now = int(time.time() * 1000)
-    pusher = Pusher(hub.url, now - now % DAY_MS - 6 * DAY_MS)
+    pusher = Pusher(hub.url, now - now % DAY_MS - 120 * DAY_MS)  # room for 17,000 pushes before "now"
     pusher.start()
     yield hub, pusher, tmp_path / "data"
     pusher.stop.set()
@@ -62,13 +62,13 @@ def live(tmp_path):
 
 def test_snapshots_under_ingest_hold_every_acknowledged_reading_and_restore_to_the_live_answers(live, tmp_path):
     hub, pusher, data = live
-    time.sleep(1.5)
+    _wait_for_compaction(data, 0, pusher)  # days sealed into a data file
     taken = []
     for k in range(3):
         acked_before = pusher.acked
         manifest = take_snapshot(data, tmp_path / f"snap{k}")
         taken.append((tmp_path / f"snap{k}", acked_before, pusher.acked, manifest))
-        time.sleep(1.2)  # let a compaction run between snapshots
+        _wait_for_compaction(data, manifest.wal_compacted, pusher)  # a compaction between snapshots
     pusher.stop.set()
     pusher.join(10)
     assert pusher.error is None, pusher.error
@@ -87,6 +87,18 @@ def test_snapshots_under_ingest_hold_every_acknowledged_reading_and_restore_to_t
                 assert (got.ts == pusher.t0 + STEP_MS * np.arange(len(got.ts))).all()
         drill = run_roost("restore", "--verify", "--from", str(snap), "--data", str(data))
         assert "restore drill ok" in drill.stdout
+
+
+def _wait_for_compaction(data, after: int, pusher: Pusher, timeout: float = 120) -> None:
+    """Until the hub has compacted a log segment newer than `after` (polled, with a generous deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert pusher.error is None, pusher.error
+        with Store.open(data, writer=False) as store:
+            if store.compacted_seq() > after and pusher.acked:
+                return
+        assert time.monotonic() < deadline, f"no compaction past log segment {after} within {timeout:g} s"
+        time.sleep(0.05)
 
 
 def _selector(room: str):

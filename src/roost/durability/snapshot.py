@@ -22,12 +22,14 @@ the ingest order, never a store with holes).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +95,45 @@ class Manifest:
             raise SnapshotError(f"{path}: the manifest is damaged ({exc})") from None
 
 
+@dataclass(slots=True)
+class Cut:
+    """A consistent cut of a live store (steps 1-3): the log and database already copied into a directory, and
+    the data files to take from the live store up to their committed sizes, held until the cut is closed."""
+
+    cut_ms: int
+    wal_compacted: int
+    series: int
+    copied: dict[str, FileEntry]  # wal/*.log and store.db, in the cut's directory
+    data_files: list[tuple[str, Path, int]]  # (path in the snapshot, live file, committed size)
+
+
+@contextlib.contextmanager
+def cut_store(data_dir: Path, into: Path) -> Iterator[Cut]:
+    """Cut the store under `data_dir` into `into` (steps 1-3); garbage collection waits while this is open."""
+    (into / "wal").mkdir(parents=True, exist_ok=True)
+    entries: dict[str, FileEntry] = {}
+    with hold_data_files(data_dir):
+        cut_ms = int(time.time() * 1000)
+        segments = _copy_wal(data_dir / "wal", into / "wal", entries)
+        _backup_db(data_dir / "store.db", into / "store.db")
+        db = sqlite3.connect(into / "store.db", isolation_level=None)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'wal_compacted'").fetchone()
+            compacted = int(row[0]) if row else 0
+            files = db.execute("SELECT id, size FROM files ORDER BY id").fetchall()
+            series = db.execute("SELECT count(*) FROM series").fetchone()[0]
+        finally:
+            db.close()
+        for seq in segments:
+            if seq <= compacted:
+                name = wal.segment_path(into / "wal", seq)
+                name.unlink()
+                entries.pop(f"wal/{name.name}")
+        entries["store.db"] = _entry(into, "store.db")
+        data_files = [(f"chunks/{i:08d}.dat", data_dir / f"chunks/{i:08d}.dat", size) for i, size in files]
+        yield Cut(cut_ms, compacted, series, entries, data_files)
+
+
 def take_snapshot(data_dir: Path | str, target: Path | str) -> Manifest:
     """Copy the store under `data_dir` (a hub may be running on it) into the new directory `target`."""
     data_dir, target = Path(data_dir), Path(target)
@@ -101,48 +142,33 @@ def take_snapshot(data_dir: Path | str, target: Path | str) -> Manifest:
     if target.exists() and any(target.iterdir()):
         raise SnapshotError(f"{target}: exists and is not empty — snapshot into a new directory")
     started = time.monotonic()
-    (target / "wal").mkdir(parents=True, exist_ok=True)
-    (target / "chunks").mkdir(exist_ok=True)
-    entries: dict[str, FileEntry] = {}
+    (target / "chunks").mkdir(parents=True, exist_ok=True)
     try:
-        with hold_data_files(data_dir):
-            cut_ms = int(time.time() * 1000)
-            segments = _copy_wal(data_dir / "wal", target / "wal", entries)
-            _backup_db(data_dir / "store.db", target / "store.db")
-            db = sqlite3.connect(target / "store.db", isolation_level=None)
-            try:
-                row = db.execute("SELECT value FROM meta WHERE key = 'wal_compacted'").fetchone()
-                compacted = int(row[0]) if row else 0
-                files = db.execute("SELECT id, size FROM files ORDER BY id").fetchall()
-                series = db.execute("SELECT count(*) FROM series").fetchone()[0]
-            finally:
-                db.close()
-            for seq in segments:
-                if seq <= compacted:
-                    name = wal.segment_path(target / "wal", seq)
-                    name.unlink()
-                    entries.pop(f"wal/{name.name}")
-            for file_id, size in files:
-                name = f"chunks/{file_id:08d}.dat"
-                entries[name] = _copy_prefix(data_dir / name, target / name, size)
-        entries["store.db"] = _entry(target, "store.db")
+        with cut_store(data_dir, target) as cut:
+            entries = dict(cut.copied)
+            for name, src, size in cut.data_files:
+                entries[name] = _copy_prefix(src, target / name, size)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    manifest = Manifest(
-        created_at=datetime.fromtimestamp(cut_ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        created_ms=cut_ms,
-        source=str(data_dir.absolute()),
-        series=series,
-        samples=count_samples(target),
-        wal_compacted=compacted,
-        files=sorted(entries.values(), key=lambda e: e.path),
-        seconds=round(time.monotonic() - started, 3),
-    )
+    manifest = cut_manifest(cut, data_dir, list(entries.values()), count_samples(target))
+    manifest.seconds = round(time.monotonic() - started, 3)
     tmp = target / (MANIFEST + ".tmp")
     tmp.write_text(manifest.to_json())
     os.replace(tmp, target / MANIFEST)
     return manifest
+
+
+def cut_manifest(cut: Cut, data_dir: Path, files: list[FileEntry], samples: int) -> Manifest:
+    return Manifest(
+        created_at=datetime.fromtimestamp(cut.cut_ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        created_ms=cut.cut_ms,
+        source=str(data_dir.absolute()),
+        series=cut.series,
+        samples=samples,
+        wal_compacted=cut.wal_compacted,
+        files=sorted(files, key=lambda e: e.path),
+    )
 
 
 def _copy_wal(src_dir: Path, dst_dir: Path, entries: dict[str, FileEntry]) -> list[int]:
@@ -175,22 +201,29 @@ def _backup_db(src: Path, dst: Path) -> None:
 
 def _copy_prefix(src: Path, dst: Path, size: int) -> FileEntry:
     digest = hashlib.sha256()
+    with open(dst, "wb") as fout:
+        for block in read_prefix(src, size):
+            digest.update(block)
+            fout.write(block)
+    return FileEntry(f"chunks/{dst.name}", size, digest.hexdigest())
+
+
+def read_prefix(src: Path, size: int, block_size: int = _COPY_BLOCK) -> Iterator[bytes]:
+    """The first `size` bytes of a live data file (its committed part), in blocks."""
     try:
         fin = open(src, "rb")
     except FileNotFoundError:
         raise SnapshotError(f"{src}: a data file the store lists is missing — the store is damaged") from None
-    with fin, open(dst, "wb") as fout:
+    with fin:
         left = size
         while left:
-            block = fin.read(min(_COPY_BLOCK, left))
+            block = fin.read(min(block_size, left))
             if not block:
                 raise SnapshotError(
                     f"{src}: {size} committed bytes expected, the file has only {size - left} — the store is damaged"
                 )
-            digest.update(block)
-            fout.write(block)
             left -= len(block)
-    return FileEntry(f"chunks/{dst.name}", size, digest.hexdigest())
+            yield block
 
 
 def _entry(root: Path, rel: str) -> FileEntry:

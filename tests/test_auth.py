@@ -91,6 +91,27 @@ async def test_a_hub_on_loopback_without_tokens_asks_for_none(tmp_path):
             assert r.status == 200 and [s["series"] for s in (await r.json())["series"]] == ["room_temp"]
 
 
+async def test_an_open_hub_keeps_other_sites_pages_out(tmp_path):
+    lamp: list = []
+    async with Hub(hub_settings(tmp_path / "data")) as hub, aiohttp.ClientSession(base_url=hub.url) as http:
+        hub.things.add(_light("desk-lamp", lamp))
+        # A page on another site may POST to 127.0.0.1 without a CORS preflight: its Origin gives it away.
+        async with http.post("/write", data=b"fake value=1", headers={"Origin": "http://evil.example"}) as r:
+            assert r.status == 403 and "cross-origin request from http://evil.example refused" in (await r.json())["error"]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect("/things/desk-lamp", origin="http://evil.example")
+        assert refused.value.status == 403
+        # DNS rebinding: another site's name pointed at 127.0.0.1 makes the browser call it same-origin.
+        async with http.get("/api/series", headers={"Host": "evil.example:8080"}) as r:
+            assert r.status == 403 and "answers only to loopback names" in (await r.json())["error"]
+        async with http.get("/", headers={"Host": "localhost"}) as r:
+            assert r.status == 200
+            assert r.headers["X-Frame-Options"] == "DENY" and r.headers["X-Content-Type-Options"] == "nosniff"
+        async with http.post("/write", data=b"real value=1", headers={"Origin": hub.url}) as r:
+            assert r.status == 204  # the hub's own page
+        assert [str(s) for _, s in hub.store.series()] == ["real"]
+
+
 async def test_health_and_the_login_page_need_no_token(http):
     async with http.get("/healthz") as r:
         assert r.status == 200

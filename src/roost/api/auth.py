@@ -2,7 +2,9 @@
 
 Policy (docs/security.md): while any token exists, or the hub listens beyond loopback, every request must
 present a token, except `/healthz`, `/api/replication/status` (the split-brain guard of another hub asks it)
-and the login page. With no token on loopback the hub is open, so `roost demo` needs no setup.
+and the login page. With no token on loopback the hub is open, so `roost demo` needs no setup; it still answers
+only to loopback names and refuses changes and WebSockets from other sites' pages (`_refuse_foreign_pages`).
+No page of the hub may be framed by another site.
 
 Routes:
   GET  /login    a form for a token; POST it to get the `roost_token` cookie (HttpOnly, SameSite=Strict,
@@ -109,9 +111,10 @@ class FailureLimiter:
 
 
 class _AccessControl:
-    def __init__(self, store: TokenStore, loopback_only: bool):
+    def __init__(self, store: TokenStore, listen_host: str):
         self.store = store
-        self.loopback_only = loopback_only
+        self.listen_host = listen_host.lower()
+        self.loopback_only = is_loopback(listen_host)
         self.limiter = FailureLimiter()
 
     def required(self) -> bool:
@@ -159,6 +162,28 @@ def _same_origin(request: web.Request) -> bool | None:
     return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
+def _is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _refuse_foreign_pages(request: web.Request) -> web.Response | None:
+    """Keep other web pages in a browser on this machine away from an open hub (loopback, no tokens).
+
+    A page from anywhere may send a plain POST to 127.0.0.1 without asking (a "simple" cross-origin request),
+    open a WebSocket to it, or rebind its own name to 127.0.0.1 to read answers as if same-origin. So an open
+    hub answers only to loopback names and its listen host, and refuses changes and WebSockets from another
+    Origin. Programs (curl, Telegraf, Prometheus) send no Origin and are not affected.
+    """
+    ac: _AccessControl = request.app[_STATE]  # type: ignore[assignment]
+    host = (request.url.host or "").lower()
+    if not (is_loopback(host) or host == ac.listen_host):
+        return _refuse(403, f"this hub has no access tokens, so it answers only to loopback names, not {request.host!r}: "
+                            "create a token (`roost token create`) to reach it under another name (docs/security.md)")
+    if (_is_websocket(request) or request.method not in _SAFE) and _same_origin(request) is False:
+        return _refuse(403, f"cross-origin request from {request.headers['Origin']} refused (docs/security.md)")
+    return None
+
+
 def _refuse(status: int, message: str, *, challenge: bool = False) -> web.Response:
     response = json_response({"error": message}, status)
     if challenge:
@@ -180,7 +205,7 @@ async def _middleware(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     try:
         if not ac.required():
-            return await handler(request)
+            return _refuse_foreign_pages(request) or await handler(request)
     except TokenError as err:
         log.error("%s — refusing every request until it is fixed", err)
         return _refuse(503, "the hub cannot read its tokens file: see its log")
@@ -205,7 +230,7 @@ async def _middleware(request: web.Request, handler) -> web.StreamResponse:
         if via_cookie:
             response.del_cookie(COOKIE, path="/")
         return response
-    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    websocket = _is_websocket(request)
     if via_cookie and (websocket or request.method not in _SAFE):
         same = _same_origin(request)
         if same is False or (websocket and same is None):
@@ -251,7 +276,7 @@ def _login_page(next_path: str, error: str = "", status: int = 200) -> web.Respo
     error_html = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     page = _LOGIN_PAGE.format(next=html.escape(_next(next_path), quote=True), error=error_html)
     return web.Response(text=page, content_type="text/html", status=status,
-                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+                        headers={"Cache-Control": "no-store"})
 
 
 async def login_form(request: web.Request) -> web.Response:
@@ -290,10 +315,17 @@ async def logout(_request: web.Request) -> web.Response:
     raise response
 
 
+async def _protective_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    # No page of the hub may be framed by another site (clickjacking a switch); no answer is content-sniffed.
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def add_access_control(app: web.Application, hub: Hub) -> None:
     """Check every request of `app` against the tokens in the hub's data directory; serve /login and /logout."""
-    app[_STATE] = _AccessControl(TokenStore(hub.settings.hub.data), is_loopback(hub.settings.hub.listen_host))
+    app[_STATE] = _AccessControl(TokenStore(hub.settings.hub.data), hub.settings.hub.listen_host)
     app.middlewares.append(_middleware)
+    app.on_response_prepare.append(_protective_headers)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

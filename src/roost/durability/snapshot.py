@@ -68,7 +68,7 @@ class Manifest:
     created_ms: int
     source: str
     series: int
-    samples: int
+    samples: int | None  # None: not counted (a standby's base copy, checked by its files' sha256 alone)
     wal_compacted: int
     files: list[FileEntry] = field(default_factory=list)
     roost_version: str = __version__
@@ -159,7 +159,7 @@ def take_snapshot(data_dir: Path | str, target: Path | str) -> Manifest:
     return manifest
 
 
-def cut_manifest(cut: Cut, data_dir: Path, files: list[FileEntry], samples: int) -> Manifest:
+def cut_manifest(cut: Cut, data_dir: Path, files: list[FileEntry], samples: int | None) -> Manifest:
     return Manifest(
         created_at=datetime.fromtimestamp(cut.cut_ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         created_ms=cut.cut_ms,
@@ -291,7 +291,7 @@ def verify_snapshot(directory: Path | str) -> Verification:
     except (StoreError, sqlite3.DatabaseError) as exc:
         problems.append(f"{directory / 'store.db'}: does not answer a query ({exc})")
         return result
-    if result.samples != manifest.samples:
+    if manifest.samples is not None and result.samples != manifest.samples:
         problems.append(f"{directory}: answers {result.samples} samples, the manifest says {manifest.samples}")
     return result
 

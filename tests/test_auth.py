@@ -207,6 +207,22 @@ async def test_an_unreadable_tokens_file_closes_the_hub_rather_than_opening_it(g
     assert listed.returncode == 1 and "not a roost tokens file" in listed.stderr
 
 
+async def test_revoking_a_token_closes_its_open_websockets_and_live_streams(guarded, http, tmp_path):
+    _, tokens, _ = guarded
+    async with http.ws_connect("/things/desk-lamp", headers=bearer(tokens["viewer"])) as ws, \
+            http.ws_connect("/things/desk-lamp", headers=bearer(tokens["pusher"])) as other, \
+            http.get("/api/live", headers=bearer(tokens["viewer"])) as live:
+        assert (await live.content.readuntil(b"\n\n")).startswith(b"retry: 3000\nevent: snapshot")
+        TokenStore(tmp_path / "data").revoke("viewer")
+        message = await ws.receive(timeout=10)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+        with pytest.raises(aiohttp.ClientPayloadError):  # the stream is cut; EventSource reconnects, gets 401
+            await asyncio.wait_for(live.content.read(), 10)
+        assert not other.closed  # another token's WebSocket stays open
+        await other.send_json({"messageType": "setProperty", "data": {"on": True}})
+        assert await next_message(other, "propertyStatus") == {"on": True}
+
+
 async def test_revoking_every_token_leaves_a_hub_that_refuses_beyond_loopback(tmp_path):
     data = tmp_path / "data"
     TokenStore(data).create("only", "read")
@@ -431,17 +447,18 @@ def test_a_config_with_only_half_of_the_tls_pair_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def guarded_demo(tmp_path_factory):
-    """`roost demo` as a process whose data directory has a write token; yields (hub, token)."""
+    """`roost demo` as a process whose data directory has a write token; yields (hub, token, data directory)."""
     data = tmp_path_factory.mktemp("guarded-demo") / "data"
     secret = TokenStore(data).create("kitchen-tablet", "write")[1]
+    TokenStore(data).create("spare", "read")  # with no token left, a hub on loopback is open again
     hub = HubProcess(data, "--backfill", "1h", "--no-mqtt", command="demo")
-    yield hub, secret
+    yield hub, secret, data
     hub.kill(15)
 
 
 @browser_only
-def test_the_dashboard_logs_in_once_and_switches_a_light_with_its_cookie(browser, guarded_demo):
-    hub, secret = guarded_demo
+def test_the_dashboard_logs_in_once_switches_a_light_and_leaves_when_its_token_is_revoked(browser, guarded_demo):
+    hub, secret, data = guarded_demo
     page = Page(browser, hub.url)
     p = page.open()
     p.wait_for_url(f"{hub.url}/login?next=/")
@@ -467,7 +484,14 @@ def test_the_dashboard_logs_in_once_and_switches_a_light_with_its_cookie(browser
     assert switch.get_attribute("aria-checked") == str(want).lower()
     request = urllib.request.Request(f"{hub.url}/things/kettle-plug/properties/on", headers=bearer(secret))
     assert json.loads(urllib.request.urlopen(request, timeout=5).read()) == {"on": want}
-    page.close()  # no console errors, nothing fetched beyond the hub
+    assert page.errors == [] and page.foreign == []  # nothing fetched beyond the hub
+
+    run_roost("token", "revoke", "kitchen-tablet", "--data", str(data))
+    # Its open live stream and WebSockets are closed; the stream's reconnect is refused; back to the login page.
+    p.wait_for_url(f"{hub.url}/login?next=%2F", timeout=20_000)
+    assert p.get_by_label("Access token").is_visible()
+    page.errors.clear()  # the refused reconnects
+    page.close()
 
 
 def test_rules_list_asks_a_hub_with_tokens_with_the_token_in_roost_token(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ the hub's own Origin.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import html
@@ -46,6 +47,7 @@ GRANT = web.RequestKey("grant", Token)  # the token a request came with, set whe
 COOKIE = "roost_token"
 CSRF_HEADER = "X-Roost-Request"
 COOKIE_MAX_AGE_S = 30 * 86400
+REVOCATION_CHECK_S = 2.0  # how soon a revoked token's open WebSockets and live streams are closed
 
 _PUBLIC = frozenset({"/healthz", "/api/replication/status", "/login", "/logout"})
 _ADMIN_PREFIXES = ("/api/replication/", "/backups", "/api/backups")
@@ -116,6 +118,28 @@ class _AccessControl:
         self.listen_host = listen_host.lower()
         self.loopback_only = is_loopback(listen_host)
         self.limiter = FailureLimiter()
+        self.streams: dict[asyncio.Task, Token] = {}  # open WebSockets and live streams, by the token they came with
+
+    async def end_revoked_streams(self, _app: web.Application):
+        """While the app runs: close a stream whose token was revoked (a request checks its token only once)."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(REVOCATION_CHECK_S)
+                if not self.streams:
+                    continue
+                try:
+                    valid = {t.sha256 for t in self.store.tokens()}
+                except TokenError:
+                    valid = set()
+                for task, token in list(self.streams.items()):
+                    if token.sha256 not in valid:
+                        log.info("token %r is gone: closing its open stream", token.name)
+                        task.cancel()
+
+        watcher = asyncio.create_task(watch(), name="access-revocations")
+        yield
+        watcher.cancel()
 
     def required(self) -> bool:
         """Raises TokenError when the tokens file is unreadable (the middleware then refuses everything)."""
@@ -247,7 +271,14 @@ async def _middleware(request: web.Request, handler) -> web.StreamResponse:
             return _refuse(403, f"token {grant.name!r} is limited to the things {', '.join(grant.things)}: "
                                 f"it may use /things and /things/ID/... of those only")
     request[GRANT] = grant
-    return await handler(request)
+    if not (websocket or request.path == "/api/live"):
+        return await handler(request)
+    task = asyncio.current_task()
+    ac.streams[task] = grant
+    try:
+        return await handler(request)
+    finally:
+        ac.streams.pop(task, None)
 
 
 _LOGIN_PAGE = """<!doctype html>
@@ -326,6 +357,7 @@ def add_access_control(app: web.Application, hub: Hub) -> None:
     app[_STATE] = _AccessControl(TokenStore(hub.settings.hub.data), hub.settings.hub.listen_host)
     app.middlewares.append(_middleware)
     app.on_response_prepare.append(_protective_headers)
+    app.cleanup_ctx.append(app[_STATE].end_revoked_streams)
     app.router.add_get("/login", login_form)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

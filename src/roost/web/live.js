@@ -13,10 +13,21 @@ export class Live {
     const source = new EventSource(this.url);
     source.addEventListener("open", () => this.#setStatus("live"));
     // EventSource reconnects by itself (the hub sends `retry: 3000`); each reconnect starts with a snapshot.
-    source.addEventListener("error", () => this.#setStatus(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting"));
+    source.addEventListener("error", () => {
+      const closed = source.readyState === EventSource.CLOSED;
+      this.#setStatus(closed ? "closed" : "reconnecting");
+      if (closed) this.#loginIfRefused();
+    });
     source.addEventListener("snapshot", (e) => this.#apply(JSON.parse(e.data), true));
     source.addEventListener("readings", (e) => this.#apply(JSON.parse(e.data), false));
     this.source = source;
+  }
+
+  // The stream closes for good when the hub refuses it. If it refuses this browser's login (its token was
+  // revoked, its cookie expired), go to the login page and come back here.
+  async #loginIfRefused() {
+    const response = await fetch("/api/series?match=roost_login_check").catch(() => null);
+    if (response?.status === 401) location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
   }
 
   onChange(fn) { this.listeners.add(fn); }

@@ -52,7 +52,7 @@ def live(tmp_path):
     cfg.write_text('[store]\ncompact_interval = "1s"\n')
     hub = HubProcess(tmp_path / "data", "-c", str(cfg))
     now = int(time.time() * 1000)
-    pusher = Pusher(hub.url, now - now % DAY_MS - 120 * DAY_MS)  # room for 17,000 pushes before "now"
+    pusher = Pusher(hub.url, now - now % DAY_MS - 1000 * DAY_MS)  # room for 144,000 pushes before "now"
     pusher.start()
     yield hub, pusher, tmp_path / "data"
     pusher.stop.set()

@@ -71,14 +71,21 @@ def summarize(ts: np.ndarray, values: np.ndarray, width_ms: int) -> Summary:
     """The summary of sorted, unique samples in buckets aligned to multiples of `width_ms` since the epoch."""
     if not len(ts):
         return Summary.empty()
-    keys = ts - np.mod(ts, width_ms)
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    ends = np.append(starts[1:], len(ts))
-    drop = np.zeros(len(values))
-    drop[1:] = np.where(values[1:] < values[:-1], values[:-1], 0.0)
-    drop[starts] = 0.0  # a drop from the previous bucket's last sample belongs to no single bucket
+    edges = np.arange(ts[0] - ts[0] % width_ms, ts[-1] + 1, width_ms)  # every bucket from the first sample's on
+    bounds = np.searchsorted(ts, edges)
+    ends = np.append(bounds[1:], len(ts))
+    full = ends > bounds
+    keys, starts, ends = edges[full], bounds[full], ends[full]
     rows = np.empty((len(FIELDS), len(starts)))
-    rows[TS] = keys[starts]
+    fell = values[1:] < values[:-1]
+    if fell.any():
+        drop = np.zeros(len(values))
+        drop[1:] = np.where(fell, values[:-1], 0.0)
+        drop[starts] = 0.0  # a drop from the previous bucket's last sample belongs to no single bucket
+        rows[RESETS] = np.add.reduceat(drop, starts)
+    else:
+        rows[RESETS] = 0.0
+    rows[TS] = keys
     rows[COUNT] = ends - starts
     rows[SUM] = np.add.reduceat(values, starts)
     rows[MIN] = np.minimum.reduceat(values, starts)
@@ -87,6 +94,5 @@ def summarize(ts: np.ndarray, values: np.ndarray, width_ms: int) -> Summary:
     rows[FIRST] = values[starts]
     rows[LAST_TS] = ts[ends - 1]
     rows[LAST] = values[ends - 1]
-    rows[RESETS] = np.add.reduceat(drop, starts)
     rows.setflags(write=False)  # cached and shared by queries
     return Summary(rows)

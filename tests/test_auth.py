@@ -7,15 +7,19 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import signal
 import ssl
 import subprocess
+import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from http.cookies import SimpleCookie
 
 import aiohttp
 import pytest
-from conftest import HubProcess, hub_settings, run_roost
+from conftest import ROOT, HubProcess, free_port, hub_settings, roost_cmd, run_roost, wait_for_port
 from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
@@ -28,6 +32,8 @@ from roost.durability.settings import ReplicationSettings
 from roost.errors import RoostError
 from roost.hub import Hub
 from roost.secret import Secret
+from roost.selector import Selector
+from roost.store import Store
 from roost.things import PropertySpec, Thing
 
 
@@ -518,3 +524,50 @@ def test_rules_list_asks_a_hub_with_tokens_with_the_token_in_roost_token(tmp_pat
         assert with_token.stdout.split() == "PorchLight enabled last run never Porch light at dusk.".split()
     finally:
         hub.kill(15)
+
+
+# ---------------------------------------------------------------- a real standby
+
+
+@pytest.mark.parametrize("credential", ["replication", "admin"])
+def test_a_standby_follows_a_primary_with_tokens(tmp_path, credential):
+    """`roost standby` with the [replication] token, or with a hub token of scope admin, while writes need a token."""
+    primary_data, standby_data = tmp_path / "primary", tmp_path / "standby"
+    (tmp_path / "replication-token").write_text("s3cret-replication\n")
+    (tmp_path / "primary.toml").write_text('[replication]\ntoken_file = "replication-token"\nmode = "sync"\n')
+    store = TokenStore(primary_data)
+    writer = store.create("meter", "write")[1]
+    token_file = tmp_path / "replication-token"
+    if credential == "admin":
+        token_file = tmp_path / "admin-token"
+        token_file.write_text(store.create("standby", "admin")[1] + "\n")
+    primary = HubProcess(primary_data, "-c", str(tmp_path / "primary.toml"))
+    port = free_port()
+    log = open(tmp_path / "standby.log", "w")
+    standby = subprocess.Popen(
+        roost_cmd("standby", "--primary", primary.url, "--token-file", str(token_file), "--data", str(standby_data),
+                  "--listen", f"127.0.0.1:{port}"),
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(standby, port, "roost standby", tmp_path / "standby.log", timeout=60)
+        status_url = f"http://127.0.0.1:{port}/api/replication/status"
+        deadline = time.monotonic() + 60
+        while not json.loads(urllib.request.urlopen(status_url, timeout=10).read()).get("caught_up"):
+            assert standby.poll() is None and time.monotonic() < deadline, (tmp_path / "standby.log").read_text()
+            time.sleep(0.05)
+        body = b"".join(b"boiler_temp value=%d %d\n" % (i, 1_700_000_000_000 + i * 1000) for i in range(5))
+        push = urllib.request.Request(primary.url + "/write?precision=ms", body, headers=bearer(writer), method="POST")
+        assert urllib.request.urlopen(push, timeout=30).status == 204  # sync mode: the standby has it durably now
+        refused = urllib.request.Request(primary.url + "/write?precision=ms", body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as no_token:
+            urllib.request.urlopen(refused, timeout=30)
+        assert no_token.value.code == 401
+    finally:
+        standby.send_signal(signal.SIGTERM)
+        standby.wait(timeout=30)
+        log.close()
+        primary.kill(15)
+    assert "refused" not in (tmp_path / "standby.log").read_text()
+    with Store.open(standby_data, writer=False) as replica:
+        (series,) = replica.read(Selector.parse("boiler_temp"), 0, 2**62)
+        assert series.values.tolist() == [0, 1, 2, 3, 4]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 
 import aiohttp
@@ -134,6 +135,43 @@ async def test_query_errors_have_prometheus_shapes(hub, http):
         assert r.status == 400 and "end timestamp must not be before start time" in (await r.json())["error"]
     async with http.get("/api/v1/query_range", params={"query": "x", "start": "0", "end": "100000", "step": "1"}) as r:
         assert r.status == 400 and "11,000 points" in (await r.json())["error"]
+
+
+async def test_a_query_runs_in_its_own_thread_while_the_event_loop_serves_others(hub, http, monkeypatch):
+    now = await _demo_like(hub)
+    handed_over = asyncio.Event()
+    take_view = hub.store.read_view
+
+    def read_view():
+        handed_over.set()  # the handler is about to give the query to the query thread
+        return take_view()
+
+    monkeypatch.setattr(hub.store, "read_view", read_view)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_store():  # as a month of raw chunks would keep the query thread busy
+        with hub.store._view_lock:
+            held.set()
+            release.wait(10)  # a query on the event loop would wait here too: let it go in the end, to fail below
+
+    holder = threading.Thread(target=hold_the_store)
+    holder.start()
+    held.wait()
+
+    async def query() -> dict:
+        async with http.get("/api/v1/query", params={"query": "avg(temperature_celsius)", "time": str(now / 1000)}) as r:
+            return await r.json()
+
+    pending = asyncio.create_task(query())
+    await handed_over.wait()
+    async with http.get("/api/v1/labels") as r:  # answered on the event loop while the query waits
+        assert "room" in (await r.json())["data"]
+    answered_first = not pending.done()
+    release.set()
+    holder.join()
+    body = await pending
+    assert answered_first, "the query held up the event loop"
+    assert body["status"] == "success" and len(body["data"]["result"]) == 1
 
 
 async def test_promtool_queries_the_hub(hub):

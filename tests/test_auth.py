@@ -23,6 +23,7 @@ from conftest import ROOT, HubProcess, free_port, hub_settings, roost_cmd, run_r
 from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
+from prometheus_peers import Prometheus
 from test_dashboard import Page, browser, browser_only  # noqa: F401  (browser is a fixture)
 from yarl import URL
 
@@ -571,3 +572,42 @@ def test_a_standby_follows_a_primary_with_tokens(tmp_path, credential):
     with Store.open(standby_data, writer=False) as replica:
         (series,) = replica.read(Selector.parse("boiler_temp"), 0, 2**62)
         assert series.values.tolist() == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- a real Prometheus
+
+
+async def test_prometheus_scrapes_and_remote_writes_with_a_token(guarded, http, tmp_path):
+    hub, tokens, _ = guarded
+    (tmp_path / "roost.token").write_text(tokens["pusher"] + "\n")
+    target = hub.url.removeprefix("http://")
+    config = f"""
+global: {{scrape_interval: 1s}}
+scrape_configs:
+  - job_name: roost
+    authorization: {{credentials_file: {tmp_path / 'roost.token'}}}
+    static_configs: [{{targets: ["{target}"]}}]
+  - job_name: anonymous
+    static_configs: [{{targets: ["{target}"]}}]
+remote_write:
+  - url: {hub.url}/api/v1/write
+    authorization: {{credentials_file: {tmp_path / 'roost.token'}}}
+    queue_config: {{batch_send_deadline: 1s, min_backoff: 100ms}}
+"""
+    prometheus = Prometheus(tmp_path / "prom", config)
+    try:
+        deadline = time.monotonic() + 60
+        up: dict = {}
+        while time.monotonic() < deadline and len(up) < 2:
+            async with http.get(prometheus.url + "/api/v1/query", params={"query": "up"}) as r:
+                up = {s["metric"]["job"]: s["value"][1] for s in (await r.json())["data"]["result"]}
+            await asyncio.sleep(0.2)
+        assert up == {"roost": "1", "anonymous": "0"}  # the scrape without a token is refused
+        stored: list = []
+        while time.monotonic() < deadline and not stored:  # what Prometheus scraped comes back by remote write
+            async with http.get("/api/v1/query", params={"query": 'up{job="roost"}'}, headers=bearer(tokens["viewer"])) as r:
+                stored = (await r.json())["data"]["result"]
+            await asyncio.sleep(0.2)
+        assert stored and stored[0]["value"][1] == "1"
+    finally:
+        prometheus.stop()

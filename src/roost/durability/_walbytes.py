@@ -1,9 +1,12 @@
-"""Write-ahead log bytes in memory: the intact prefix of a segment and the records of shipped batches."""
+"""Write-ahead log bytes: the intact prefix of a segment (in memory or read from its file) and the records of
+shipped batches."""
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -22,6 +25,18 @@ def intact_length(data: bytes) -> int:
             break
         pos = end
     return pos
+
+
+def intact_frames(f: BinaryIO) -> Iterator[bytes]:
+    """Whole, CRC-checked batches (with their frame header) read one by one from a segment file, up to a torn tail."""
+    while len(header := f.read(_HEADER.size)) == _HEADER.size:
+        length, crc = _HEADER.unpack(header)
+        if length % RECORD.itemsize:
+            return
+        body = f.read(length)
+        if len(body) != length or zlib.crc32(body) != crc:
+            return
+        yield header + body
 
 
 def records(data: bytes) -> np.ndarray:

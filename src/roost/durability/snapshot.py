@@ -39,7 +39,7 @@ from roost.errors import RoostError, StoreError
 from roost.selector import Selector
 from roost.store import wal
 from roost.store.engine import hold_data_files
-from roost.durability._walbytes import intact_length
+from roost.durability._walbytes import intact_frames
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -175,13 +175,17 @@ def _copy_wal(src_dir: Path, dst_dir: Path, entries: dict[str, FileEntry]) -> li
     copied = []
     for seq in wal.list_segments(src_dir):
         try:
-            data = wal.segment_path(src_dir, seq).read_bytes()
+            fin = open(wal.segment_path(src_dir, seq), "rb")
         except FileNotFoundError:  # compacted meanwhile: the database copy, taken next, has its readings
             continue
-        good = intact_length(data)
         dst = wal.segment_path(dst_dir, seq)
-        dst.write_bytes(data[:good])
-        entries[f"wal/{dst.name}"] = FileEntry(f"wal/{dst.name}", good, hashlib.sha256(data[:good]).hexdigest())
+        digest, good = hashlib.sha256(), 0
+        with fin, open(dst, "wb") as fout:  # batch by batch: a segment can hold a whole compaction interval
+            for frame in intact_frames(fin):
+                fout.write(frame)
+                digest.update(frame)
+                good += len(frame)
+        entries[f"wal/{dst.name}"] = FileEntry(f"wal/{dst.name}", good, digest.hexdigest())
         copied.append(seq)
     return copied
 

@@ -449,58 +449,6 @@ def test_a_config_with_only_half_of_the_tls_pair_is_refused(tmp_path):
     assert "roost.toml:1: hub: give both tls_cert_file and tls_key_file, or neither" in checked.stderr
 
 
-# ---------------------------------------------------------------- the dashboard in a browser
-
-
-@pytest.fixture(scope="module")
-def guarded_demo(tmp_path_factory):
-    """`roost demo` as a process whose data directory has a write token; yields (hub, token, data directory)."""
-    data = tmp_path_factory.mktemp("guarded-demo") / "data"
-    secret = TokenStore(data).create("kitchen-tablet", "write")[1]
-    TokenStore(data).create("spare", "read")  # with no token left, a hub on loopback is open again
-    hub = HubProcess(data, "--backfill", "1h", "--no-mqtt", command="demo")
-    yield hub, secret, data
-    hub.kill(15)
-
-
-@browser_only
-def test_the_dashboard_logs_in_once_switches_a_light_and_leaves_when_its_token_is_revoked(browser, guarded_demo):
-    hub, secret, data = guarded_demo
-    page = Page(browser, hub.url)
-    p = page.open()
-    p.wait_for_url(f"{hub.url}/login?next=/")
-    p.get_by_label("Access token").fill("roost_wrong")
-    p.get_by_role("button", name="Log in").click()
-    assert p.get_by_role("alert").text_content() == "Unknown or revoked token."
-    assert page.errors == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
-    page.errors.clear()  # that 401 was the point
-    p.get_by_label("Access token").fill(secret)
-    p.get_by_role("button", name="Log in").click()
-    p.wait_for_url(f"{hub.url}/")
-    cookie, = [c for c in p.context.cookies() if c["name"] == COOKIE]
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-    assert p.evaluate("document.cookie") == ""  # out of reach of the page's scripts
-
-    p.goto(f"{hub.url}/#things")  # the switch writes with the cookie and X-Roost-Request; reads come over the WebSocket
-    p.wait_for_selector("#things-list[data-state=ready] [data-thing=kettle-plug]", timeout=30_000)
-    switch = p.get_by_role("switch", name="Kettle Plug On")
-    before = switch.get_attribute("aria-checked")
-    switch.click()
-    p.wait_for_function("() => !document.querySelector('[data-thing=kettle-plug] [data-property=on]').hasAttribute('aria-busy')")
-    want = before != "true"
-    assert switch.get_attribute("aria-checked") == str(want).lower()
-    request = urllib.request.Request(f"{hub.url}/things/kettle-plug/properties/on", headers=bearer(secret))
-    assert json.loads(urllib.request.urlopen(request, timeout=5).read()) == {"on": want}
-    assert page.errors == [] and page.foreign == []  # nothing fetched beyond the hub
-
-    run_roost("token", "revoke", "kitchen-tablet", "--data", str(data))
-    # Its open live stream and WebSockets are closed; the stream's reconnect is refused; back to the login page.
-    p.wait_for_url(f"{hub.url}/login?next=%2F", timeout=20_000)
-    assert p.get_by_label("Access token").is_visible()
-    page.errors.clear()  # the refused reconnects
-    page.close()
-
-
 def test_rules_list_asks_a_hub_with_tokens_with_the_token_in_roost_token(tmp_path, monkeypatch):
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -611,3 +559,56 @@ remote_write:
         assert stored and stored[0]["value"][1] == "1"
     finally:
         prometheus.stop()
+
+
+# ---------------------------------------------------------------- the dashboard in a browser (last: Playwright's
+# synchronous API keeps an event loop running in this thread while the browser is open)
+
+
+@pytest.fixture(scope="module")
+def guarded_demo(tmp_path_factory):
+    """`roost demo` as a process whose data directory has a write token; yields (hub, token, data directory)."""
+    data = tmp_path_factory.mktemp("guarded-demo") / "data"
+    secret = TokenStore(data).create("kitchen-tablet", "write")[1]
+    TokenStore(data).create("spare", "read")  # with no token left, a hub on loopback is open again
+    hub = HubProcess(data, "--backfill", "1h", "--no-mqtt", command="demo")
+    yield hub, secret, data
+    hub.kill(15)
+
+
+@browser_only
+def test_the_dashboard_logs_in_once_switches_a_light_and_leaves_when_its_token_is_revoked(browser, guarded_demo):
+    hub, secret, data = guarded_demo
+    page = Page(browser, hub.url)
+    p = page.open()
+    p.wait_for_url(f"{hub.url}/login?next=/")
+    p.get_by_label("Access token").fill("roost_wrong")
+    p.get_by_role("button", name="Log in").click()
+    assert p.get_by_role("alert").text_content() == "Unknown or revoked token."
+    assert page.errors == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
+    page.errors.clear()  # that 401 was the point
+    p.get_by_label("Access token").fill(secret)
+    p.get_by_role("button", name="Log in").click()
+    p.wait_for_url(f"{hub.url}/")
+    cookie, = [c for c in p.context.cookies() if c["name"] == COOKIE]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert p.evaluate("document.cookie") == ""  # out of reach of the page's scripts
+
+    p.goto(f"{hub.url}/#things")  # the switch writes with the cookie and X-Roost-Request; reads come over the WebSocket
+    p.wait_for_selector("#things-list[data-state=ready] [data-thing=kettle-plug]", timeout=30_000)
+    switch = p.get_by_role("switch", name="Kettle Plug On")
+    before = switch.get_attribute("aria-checked")
+    switch.click()
+    p.wait_for_function("() => !document.querySelector('[data-thing=kettle-plug] [data-property=on]').hasAttribute('aria-busy')")
+    want = before != "true"
+    assert switch.get_attribute("aria-checked") == str(want).lower()
+    request = urllib.request.Request(f"{hub.url}/things/kettle-plug/properties/on", headers=bearer(secret))
+    assert json.loads(urllib.request.urlopen(request, timeout=5).read()) == {"on": want}
+    assert page.errors == [] and page.foreign == []  # nothing fetched beyond the hub
+
+    run_roost("token", "revoke", "kitchen-tablet", "--data", str(data))
+    # Its open live stream and WebSockets are closed; the stream's reconnect is refused; back to the login page.
+    p.wait_for_url(f"{hub.url}/login?next=%2F", timeout=20_000)
+    assert p.get_by_label("Access token").is_visible()
+    page.errors.clear()  # the refused reconnects
+    page.close()

@@ -123,10 +123,14 @@ class Hub:
         self.store = Store.open(data, store_options(self.settings), writer=True)
         log.info("store %s: %d series, %d samples to replay", data, self.store.series_count, self.store.head_samples)
         if self._serve_http:
-            from roost.api.app import create_app
+            from roost.api.app import LIMITS, create_app
+            from roost.api.limits import IDLE_TIMEOUT_S
 
-            self._runner = web.AppRunner(create_app(self), access_log=None)
+            app = create_app(self)
+            # keepalive_timeout also closes a new connection that has not sent a whole request by then (slowloris)
+            self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=IDLE_TIMEOUT_S)
             await self._runner.setup()
+            app[LIMITS].guard(self._runner.server)
             site = web.TCPSite(self._runner, hub_settings.listen_host, hub_settings.listen_port, ssl_context=tls)
             try:
                 await site.start()

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from roost.api.auth import add_access_control
 from roost.api.dashboard import add_dashboard_routes
+from roost.api.limits import Limits
 from roost.api.prometheus import add_prometheus_routes
 from roost.api.responses import json_response
 from roost.api.things import add_thing_routes
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from roost.hub import Hub
 
 HUB = web.AppKey("hub", object)
+LIMITS = web.AppKey("limits", Limits)
 MAX_POINTS = 20_000  # per series and query; more is a mistake in the step, not a graph
 
 
@@ -49,6 +51,8 @@ def create_app(hub: Hub) -> web.Application:
     app = web.Application(client_max_size=16 * 1024 * 1024, handler_args={"auto_decompress": False})
     app[HUB] = hub
     add_access_control(app, hub)  # tokens, scopes, the login cookie: docs/security.md
+    app[LIMITS] = Limits(hub.metrics.registry)  # connections and streams per client: docs/security.md
+    app.middlewares.append(app[LIMITS].middleware)
     add_dashboard_routes(app, hub)
     app.router.add_get("/api/series", api_series)
     app.router.add_get("/api/query", api_query)

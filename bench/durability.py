@@ -8,10 +8,16 @@ ingest cost of sync replication.
    `take_snapshot`, and of `verify_snapshot` (sha256 of every file + a count query over all series).
 2. restic 0.14 to a local repository: `run_backup` (snapshot + `restic backup` + `forget --prune`), then a
    restore of that backup into a new store (`restic restore` + verify + copy).
-3. Replication lag at 10,000 samples/s: a primary hub and a standby in this process (one event loop, so they
+3. Warm standby: the base copy (`/api/replication/base`, streamed file by file) of the reference store and of
+   one `--base-days` long, between a `roost run` and a `roost standby` process: time, and how much each
+   process's peak resident memory grew during the copy (VmHWM, reset through /proc/PID/clear_refs just
+   before) — it must not grow with the store. Then the bulk-change shipping of an import: the reference store
+   written with `write_bulk` by a second writer into a running primary, until the following standby (in this
+   process) has merged every changed day chunk.
+4. Replication lag at 10,000 samples/s: a primary hub and a standby in this process (one event loop, so they
    share a core), 100 readings every 10 ms for `--lag-seconds`; the lag of a batch is the time from its
    acknowledgement by the primary to the standby having it durably. p50/p99/max.
-4. Ingest cost of replication: 8 concurrent `hub.ingest` callers of 100 readings each, as fast as they go for
+5. Ingest cost of replication: 8 concurrent `hub.ingest` callers of 100 readings each, as fast as they go for
    `--ingest-seconds`, with no standby, an async standby and a sync standby. fsync is on everywhere.
 """
 
@@ -19,10 +25,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,7 +49,7 @@ from roost.durability.replication import Standby  # noqa: E402
 from roost.durability.restic import Restic  # noqa: E402
 from roost.durability.retention import KeepPolicy  # noqa: E402
 from roost.durability.settings import BackupSettings, ReplicationSettings  # noqa: E402
-from roost.durability.snapshot import take_snapshot, verify_snapshot  # noqa: E402
+from roost.durability.snapshot import count_samples, take_snapshot, verify_snapshot  # noqa: E402
 from roost.hub import Hub  # noqa: E402
 from roost.model import Reading, Series  # noqa: E402
 from roost.secret import Secret  # noqa: E402
@@ -51,9 +62,9 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def build_store(data: Path, n_series: int, days: float) -> int:
+def build_store(data: Path, n_series: int, days: float, *, writer: bool = True) -> int:
     samples = 0
-    with Store.open(data, writer=True) as store:
+    with Store.open(data, writer=writer) as store:
         for metric, labels, ts, values in generate(n_series, days):
             samples += store.write_bulk(Series.of(metric, labels), ts * 1000, values)
         store.checkpoint()
@@ -66,10 +77,12 @@ def settings_for(data: Path, **replication):
                    replication=ReplicationSettings(token=TOKEN, **replication) if replication else ReplicationSettings())
 
 
-async def with_standby(primary_data: Path, standby_data: Path, mode: str, body):
+async def with_standby(primary_data: Path, standby_data: Path, mode: str, body, standby_of: list | None = None):
     async with Hub(settings_for(primary_data, mode=mode)) as hub, aiohttp.ClientSession() as session:
-        standby = Standby(settings_for(standby_data), hub.url, TOKEN.reveal())
+        standby = Standby(settings_for(standby_data), hub.url, TOKEN.reveal(), report=lambda _line: None)
         await standby.prepare(session, resync=False)
+        if standby_of is not None:
+            standby_of.append(standby)
         progress: list[tuple[float, tuple[int, int]]] = []
         orig = standby.step
 
@@ -87,6 +100,87 @@ async def with_standby(primary_data: Path, standby_data: Path, mode: str, body):
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
             standby.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _get(url: str) -> dict | None:
+    try:
+        return json.loads(urllib.request.urlopen(url, timeout=5).read())
+    except OSError:
+        return None
+
+
+def base_copy(data: Path, work: Path) -> tuple[float, float, int, int, int]:
+    """A `roost standby` process copying the store a `roost run` process serves: seconds of the transfer and
+    from the standby's start to caught up, the primary's peak RSS growth during the copy, the standby's peak
+    RSS over its whole life, and the store's bytes."""
+    (work / "token").write_text(TOKEN.reveal())
+    cfg = work / "primary.toml"
+    cfg.write_text('[replication]\ntoken_file = "token"\n')
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    port, sport = _free_port(), _free_port()
+    cmd = [sys.executable, "-m", "roost"]
+    with open(work / "primary.log", "w") as log:
+        primary = subprocess.Popen([*cmd, "run", "-c", str(cfg), "--data", str(data), "--listen", f"127.0.0.1:{port}"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    standby = None
+    try:
+        while _get(f"http://127.0.0.1:{port}/api/replication/status") is None:
+            assert primary.poll() is None, (work / "primary.log").read_text()
+            time.sleep(0.1)
+        time.sleep(1.0)  # let the hub settle after start
+        Path(f"/proc/{primary.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = _vm(primary.pid, "VmRSS")
+        t = time.perf_counter()
+        with open(work / "standby.log", "w") as log:
+            standby = subprocess.Popen([*cmd, "standby", "--primary", f"http://127.0.0.1:{port}", "--token-file",
+                                        str(work / "token"), "--data", str(work / "base-standby"),
+                                        "--listen", f"127.0.0.1:{sport}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        while not ((st := _get(f"http://127.0.0.1:{sport}/api/replication/status")) and st["caught_up"]):
+            assert standby.poll() is None, (work / "standby.log").read_text()
+            time.sleep(0.05)
+        seconds = time.perf_counter() - t
+        grown, standby_peak = _vm(primary.pid, "VmHWM") - before, _vm(standby.pid, "VmHWM")
+        copy = float((work / "standby.log").read_text().split(" received in ")[1].split(" s")[0])
+    finally:
+        for proc in (standby, primary):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(60)
+    size = sum(p.stat().st_size for p in (work / "base-standby").rglob("*") if p.is_file())
+    shutil.rmtree(work / "base-standby")
+    return copy, seconds, grown, standby_peak, size
+
+
+async def bulk_shipping(work: Path, n_series: int, days: float) -> tuple[float, float, int, int]:
+    """Import the reference store into a running primary a standby follows: import seconds, seconds until the
+    standby has merged all of it, day chunks shipped, and whether both answer the same sample count."""
+
+    async def body(hub, _progress):
+        t = time.perf_counter()
+        await asyncio.to_thread(build_store, hub.store.data_dir, n_series, days, writer=False)
+        imported = time.perf_counter() - t
+        target = hub.store.bulk_change_seq()
+        while standby_of[0].changes < target:
+            await asyncio.sleep(0.05)
+        return imported, time.perf_counter() - t - imported, int(standby_of[0].applied_chunks._value.get())
+
+    standby_of: list[Standby] = []
+    imported, shipped, chunks = await with_standby(work / "bulk-primary", work / "bulk-standby", "async", body, standby_of)
+    same = count_samples(work / "bulk-primary") == count_samples(work / "bulk-standby")
+    return imported, shipped, chunks, same
 
 
 def readings(series: list[Series], ts: int) -> list[Reading]:
@@ -148,6 +242,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--series", type=int, default=100)
     ap.add_argument("--days", type=float, default=30)
+    ap.add_argument("--base-days", type=float, default=365, help="a larger store for the base copy (0: none)")
     ap.add_argument("--lag-seconds", type=float, default=10)
     ap.add_argument("--ingest-seconds", type=float, default=5)
     args = ap.parse_args()
@@ -179,6 +274,23 @@ def main() -> None:
             t = time.perf_counter()
             asyncio.run(restore("restic", settings, data, work / "restored"))
             rows.append(("restic restore (+verify+copy)", f"{time.perf_counter() - t:.2f} s", "latest backup"))
+
+        stores = [(data, f"{args.days:g} days")]
+        if args.base_days:
+            t = time.perf_counter()
+            build_store(work / "big", args.series, args.base_days)
+            print(f"larger store for the base copy: {args.series} series x {args.base_days:g} days "
+                  f"(built in {time.perf_counter() - t:.1f} s)")
+            stores.append((work / "big", f"{args.base_days:g} days"))
+        for store_dir, label in stores:
+            copy, seconds, grown, standby_peak, size = base_copy(store_dir, work)
+            rows.append((f"standby base copy, {label}", f"{copy:.2f} s",
+                         f"{mib(size)}, {seconds:.1f} s from start to caught up; peak RSS: "
+                         f"primary +{mib(grown)}, standby {mib(standby_peak)}"))
+        imported, shipped, chunks, same = asyncio.run(bulk_shipping(work, args.series, args.days))
+        assert same, "the standby answers another sample count than the primary after the import"
+        rows.append(("bulk import into a followed primary", f"{imported:.2f} s", f"{samples:,} samples by write_bulk"))
+        rows.append(("  standby in step after it", f"+{shipped:.2f} s", f"{chunks:,} day chunks merged, same count"))
 
         lags, rate = asyncio.run(replication_lag(work, args.lag_seconds))
         rows.append(("replication lag, async, p50 / p99 / max",

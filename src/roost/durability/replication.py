@@ -350,10 +350,10 @@ class Primary:
                 for name, path, size in files:
                     await resp.write(_tar_header(name, size))
                     digest = hashlib.sha256()
-                    blocks = read_prefix(path, size, _BLOCK)
-                    while (block := await asyncio.to_thread(next, blocks, None)) is not None:
-                        digest.update(block)
-                        await resp.write(block)
+                    with contextlib.closing(read_prefix(path, size, _BLOCK)) as blocks:  # closed also if the standby goes
+                        while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+                            digest.update(block)
+                            await resp.write(block)
                     await resp.write(b"\0" * (-size % 512))
                     entries.append(FileEntry(name, size, digest.hexdigest()))
             finally:

@@ -767,3 +767,54 @@ async def test_the_hub_runs_rules_as_things_and_remembers_a_disabled_rule(tmp_pa
     async with Hub(settings) as hub:
         assert hub.things.get("rule-Beat").values["enabled"] is False
         assert hub.rules.runtimes["Beat"].armed is False
+
+
+async def test_rule_runs_errors_and_enabled_state_are_on_metrics_for_promtool(tmp_path):
+    import asyncio
+    import subprocess
+    from dataclasses import replace
+
+    import aiohttp
+    from conftest import hub_settings
+    from prometheus_peers import need
+    from roost.hub import Hub
+    from roost.rules.settings import RulesSettings
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    write_rule(rules, "two.py", '''
+        from roost.rules import HeartBeat, Rule
+
+        class Works(Rule):
+            """Beats."""
+
+            def register_triggers(self):
+                return (HeartBeat("100ms"),)
+
+            def action(self, *args):
+                pass
+
+        class Broken(Rule):
+            """Raises."""
+
+            def register_triggers(self):
+                return (HeartBeat("100ms"),)
+
+            def action(self, *args):
+                raise RuntimeError("a bug")
+    ''')
+    settings = replace(hub_settings(tmp_path / "data"), rules=RulesSettings(directory=rules, max_failures=3))
+    async with Hub(settings) as hub, aiohttp.ClientSession(base_url=hub.url) as http:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not hub.rules.runtimes["Broken"].enabled and hub.rules.runtimes["Works"].runs_total >= 3:
+                break
+        body = await (await http.get("/metrics")).text()
+    assert 'roost_rule_errors_total{rule="Broken"} 3.0' in body
+    assert 'roost_rule_enabled{rule="Broken"} 0.0' in body and 'roost_rule_enabled{rule="Works"} 1.0' in body
+    assert 'roost_rule_errors_total{rule="Works"} 0.0' in body
+    runs = float(body.split('roost_rule_runs_total{rule="Works"} ')[1].split()[0])
+    assert runs >= 3
+    need("promtool")
+    check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True, timeout=60)
+    assert (check.returncode, check.stderr) == (0, "")

@@ -28,7 +28,7 @@ from roost.errors import RoostError, StoreFullError
 from roost.model import Reading, timestamp_problem
 from roost.selector import Selector
 from roost.store import RetentionRule, Store, StoreOptions, WriteResult
-from roost.telemetry import SelfMetrics
+from roost.telemetry import RuleCollector, SelfMetrics
 from roost.rules import RuleEngine
 from roost.things import ThingRegistry
 from roost.things.service import ThingService
@@ -173,6 +173,7 @@ class Hub:
             wait_for_things=True,
         )
         await self.rules.__aenter__()
+        self.metrics.registry.register(RuleCollector(self.rules))  # roost_rule_{runs,errors}_total, roost_rule_enabled
         for problem in await self.rules.load_directory(settings.directory):
             log.error("%s", problem)
         log.info("rules: %d loaded from %s", len(self.rules.runtimes), settings.directory)

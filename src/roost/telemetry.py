@@ -6,6 +6,7 @@ import logging
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger("roost")
 
@@ -53,3 +54,22 @@ class SelfMetrics:
             if len(self._last_logged) > 50_000:
                 self._last_logged.clear()
             log.warning("rejected reading (%s): %s", reason, message)
+
+
+class RuleCollector:
+    """`roost_rule_runs_total`, `roost_rule_errors_total` and `roost_rule_enabled` per rule, read at scrape time
+    from a rules engine (anything with `runtimes` of objects with `name`, `runs_total`, `errors_total`, `enabled`)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        runs = CounterMetricFamily("roost_rule_runs", "Rule actions started since the hub started.", labels=["rule"])
+        errors = CounterMetricFamily("roost_rule_errors", "Rule actions that raised since the hub started.", labels=["rule"])
+        enabled = GaugeMetricFamily("roost_rule_enabled", "1 while a rule is enabled.", labels=["rule"])
+        for rt in list(self.engine.runtimes.values()):
+            runs.add_metric([rt.name], rt.runs_total)
+            errors.add_metric([rt.name], rt.errors_total)
+            enabled.add_metric([rt.name], 1.0 if rt.enabled else 0.0)
+        return [runs, errors, enabled]
+

@@ -70,6 +70,8 @@ class RuleRuntime:
         self.enabled = True
         self.armed = False
         self.failures = 0
+        self.runs_total = 0  # actions started, and actions that raised, since the hub started (for /metrics)
+        self.errors_total = 0
         self.last_run: datetime | None = None
         self.sentence = rule_sentence(self.cls, None)
         self.properties = rule_properties(self.cls)
@@ -203,6 +205,7 @@ class RuleRuntime:
 
     def _act(self, subject: Any, name: str | None, value: Any) -> None:
         self.last_run = self.clock.now()
+        self.runs_total += 1
         self.engine.note_run(self)
         rule = self.rule
         assert rule is not None
@@ -237,6 +240,7 @@ class RuleRuntime:
 
     def _failed(self, what: str, err: BaseException) -> None:
         self.failures += 1
+        self.errors_total += 1
         limit = self.engine.max_failures
         line = error_line(err, self.source.path, self.source.line)
         where = f"{self.source.where.rsplit(':', 1)[0]}:{line}" if self.source.path else self.source.where

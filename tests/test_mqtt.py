@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import getpass
 import json
 import ssl
@@ -553,3 +554,18 @@ def test_a_topic_matching_two_mappings_feeds_both():
 def test_huge_numbers_are_refused_not_crashed_on():
     readings, problems = parse(Z2M_ONLY, "zigbee2mqtt/d", b'{"energy": 1' + b"0" * 400 + b"}")
     assert readings == {} and problems == ["inf"]
+
+
+def test_the_client_librarys_error_on_a_lost_connection_is_left_to_the_sources_own_warning(caplog):
+    from roost.sources import mqtt as mqtt_module
+
+    client_log = logging.getLogger("roost.sources.mqtt.client")
+    assert client_log is mqtt_module._client_log
+    with caplog.at_level(logging.INFO, logger="roost"):
+        client_log.error("failed to receive on socket: [Errno 104] Connection reset by peer")
+        client_log.warning("a warning passes")
+    assert [r.getMessage() for r in caplog.records] == ["a warning passes"]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="roost"):
+        client_log.error("failed to receive on socket")
+    assert [r.getMessage() for r in caplog.records] == ["failed to receive on socket"]

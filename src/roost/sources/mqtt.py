@@ -37,6 +37,10 @@ from roost.secret import Secret
 from roost.sources.base import Source, SourceContext
 
 log = logging.getLogger("roost.sources.mqtt")
+# The MQTT client library logs a lost connection at ERROR ("failed to receive on socket") just before the source
+# logs it once, with the broker's URL and what happens next; its own lines show with log_level = "debug".
+_client_log = logging.getLogger("roost.sources.mqtt.client")
+_client_log.addFilter(lambda record: record.levelno < logging.ERROR or _client_log.isEnabledFor(logging.DEBUG))
 
 _FIRST_RETRY_S = 0.5
 _MAX_RETRY_S = 30.0
@@ -662,7 +666,7 @@ class MqttSource(Source):
             clean_session=False,
             keepalive=_KEEPALIVE_S,
             tls_context=tls_context,
-            logger=log,
+            logger=_client_log,
             # Small messages (a /set, one sensor state) must not wait for the peer's delayed ACK (~40 ms).
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )

@@ -169,7 +169,7 @@ class Hub:
             return
         self.rules = RuleEngine(
             self.things, place=settings.place(), readings=self.bus, history=self.store.read,
-            max_failures=settings.max_failures, state_file=self.settings.hub.data / "rules-state.json",
+            max_failures=settings.max_failures, state_dir=self.settings.hub.data / "rules-state",
             wait_for_things=True,
         )
         await self.rules.__aenter__()

@@ -147,7 +147,9 @@ class FakeThing(Thing):
 class RuleHarness:
     """The real rule engine on fake time: `async with RuleHarness(MyRule, things=[...]) as house:`.
 
-    `rules` are rule classes, or paths of rule files or a rules directory. `house.change(...)` is a device
+    `rules` are rule classes, or paths of rule files or a rules directory. With `state_dir` the rules save what
+    they promised there, so a second harness on the same directory (and a later `start`) is a restarted hub.
+    `house.change(...)` is a device
     reporting, `house.set(...)` someone using the API, `house.reading(...)` a sensor sample on the bus; each
     returns once every rule has reacted.
     """
@@ -162,6 +164,7 @@ class RuleHarness:
         timezone: str = "Europe/Berlin",
         max_failures: int = 3,
         history: Any = None,
+        state_dir: str | Path | None = None,
     ):
         self.place = Place(latitude, longitude, timezone)
         self.clock = FakeClock(start, self.place)
@@ -174,7 +177,7 @@ class RuleHarness:
         self._rules = rules
         self.engine = RuleEngine(
             self.registry, clock=self.clock, place=self.place, readings=self.bus, history=history,
-            max_failures=max_failures,
+            max_failures=max_failures, state_dir=Path(state_dir) if state_dir is not None else None,
         )
         self.problems: list[str] = []
 

@@ -15,7 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from roost.rules.engine import check_rules, read_state
+from roost.rules.engine import check_rules
+from roost.rules.state import read_saved
 from roost.rules.loader import display, load_directory
 from roost.things import PropertySpec, Thing, ThingRegistry
 
@@ -111,7 +112,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     sources, problems = load_directory(directory)
     registry, live = _hub_things(_hub_url(settings), _tls(settings))
     runtimes, trouble = check_rules(sources, registry, settings.rules.place())
-    saved = read_state(settings.hub.data / "rules-state.json")
+    saved = read_saved(settings.hub.data)
     for rt in runtimes:
         state = live.get(rt.thing_id) or saved.get(rt.name, {})
         enabled = "enabled " if state.get("enabled", True) else "disabled"

@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,11 @@ from roost.bus import Bus
 from roost.model import Reading, Series
 from roost.rules.clock import Clock, Place, WallClock
 from roost.rules.errors import RuleError, UnknownThing
-from roost.rules.loader import RuleSource, error_line, files_state, load_directory
+from roost.rules.loader import RuleSource, error_line, files_state, load_directory, load_file
 from roost.rules.proxy import ThingProxy, did_you_mean
 from roost.rules.rule import If, Rule, WhileRule, While, rule_properties
 from roost.rules.english import rule_sentence
+from roost.rules.state import RuleStateStore
 from roost.rules.triggers import Threshold, ThingTrigger, TimeTrigger, Trigger
 from roost.selector import Selector
 from roost.things import PropertySpec, Thing, ThingError, ThingRegistry, attribute_name
@@ -43,6 +43,7 @@ log = logging.getLogger("roost.rules")
 
 History = Callable[[Selector, int, int], Iterable[Any]]  # store.read: SeriesData with .series, .ts, .values
 _THRESHOLD_LOOKBACK_MS = 5 * 60_000
+_THRESHOLD_LOOKBACK_MAX_MS = 86_400_000  # how far back a hold that began before a long outage is looked for
 _SAVE_EVERY_S = 10.0
 _WAIT_BEFORE_ERROR_S = 60.0  # a rule's things normally appear within seconds of the start: retained MQTT states
 
@@ -84,13 +85,136 @@ class RuleRuntime:
         self.active = False
         self.last_condition = False
         self.unresolved: set[str] = set()  # thing names a check without the hub's things could not verify
-        self.undo: dict[tuple[str, str], tuple[Thing, Any, Any]] = {}  # key → (thing, value before, value set)
+        self.undo: dict[tuple[str, str], tuple[Thing | None, Any, Any]] = {}  # key → (thing, value before, value set)
+        self.timers: dict[str, _Timer] = {}  # method name → deadline and arguments (and its task while armed)
+        self.promises: dict[str, datetime] = {}  # time trigger → when it is due next
+        self.fired: dict[str, dict[str, int]] = {}  # threshold → series that fired and were not broken since
+        self._trigger_keys: dict[int, str] = {}
         self._proxies: dict[str, ThingProxy] = {}
         self._pending: dict[tuple[str, str], list[Any]] = {}  # key → [value, writes in flight]
         self._queue: asyncio.Queue[tuple[Thing, str, Any]] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._action: asyncio.Task | None = None
         self._writer_task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ what it promised (saved, restored)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take the state saved before a restart or reload (what `state()` gave)."""
+        self.enabled = bool(saved.get("enabled", True))
+        self.last_run = _parse_iso(saved.get("last_run"))
+        for name, value in (saved.get("properties") or {}).items():
+            if name in self.properties:
+                with contextlib.suppress(ThingError):
+                    self.property_values[name] = self.properties[name].spec().check(self.thing_id, value)
+        for name, timer in (saved.get("timers") or {}).items():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self.timers[name] = _Timer(_from_ms(timer["at"]), list(timer.get("args", ())))
+        for key, at in (saved.get("times") or {}).items():
+            with contextlib.suppress(TypeError, ValueError):
+                self.promises[key] = _from_ms(at)
+        for key, series in (saved.get("thresholds") or {}).items():
+            if isinstance(series, dict):
+                self.fired[key] = {str(k): int(v) for k, v in series.items()}
+        in_effect = saved.get("while")
+        if isinstance(in_effect, dict):
+            self.active = True
+            for thing_id, name, before, mine in in_effect.get("undo", ()):
+                self.undo[(thing_id, name)] = (None, before, mine)
+
+    def state(self) -> dict[str, Any]:
+        """Everything this rule must not forget, as JSON: what `restore()` takes."""
+        state: dict[str, Any] = {
+            "enabled": self.enabled, "last_run": _iso(self.last_run), "properties": self.property_values,
+        }
+        if self.timers:
+            state["timers"] = {name: {"at": _ms(t.deadline), "args": t.args} for name, t in self.timers.items()}
+        if self.promises:
+            state["times"] = {key: _ms(when) for key, when in self.promises.items()}
+        fired = {key: series for key, series in self.fired.items() if series}
+        if fired:
+            state["thresholds"] = fired
+        if self.active:
+            state["while"] = {"undo": [[tid, name, before, mine] for (tid, name), (_, before, mine) in self.undo.items()]}
+        return state
+
+    def persist(self) -> None:
+        self.engine.persist(self)
+
+    def trigger_key(self, trigger: Trigger) -> str:
+        return self._trigger_keys.get(id(trigger)) or trigger.describe()
+
+    def promised(self, trigger: TimeTrigger) -> datetime | None:
+        return self.promises.get(self.trigger_key(trigger))
+
+    def promise(self, trigger: TimeTrigger, when: datetime) -> None:
+        self.promises[self.trigger_key(trigger)] = when
+        self.persist()
+
+    # ------------------------------------------------------------------ timers
+
+    def start_timer(self, method: Any, delay_s: float, args: tuple[Any, ...]) -> None:
+        name = method if isinstance(method, str) else getattr(method, "__name__", None)
+        if not isinstance(name, str) or not callable(getattr(self.rule, name, None)) or (
+            not isinstance(method, str) and getattr(method, "__self__", None) is not self.rule
+        ):
+            raise RuleError(f"after(...): expected a method of this rule, like self.heater_off, got {method!r}")
+        try:
+            orjson.dumps(list(args))
+        except TypeError:
+            raise RuleError(f"after(..., {name}, ...): the arguments must be plain values (numbers, strings, "
+                            f"lists, dicts) so they can be saved, got {args!r}") from None
+        timer = self.timers.get(name)
+        if timer is not None and timer.task is not None:
+            timer.task.cancel()
+        self.timers[name] = _Timer(self.clock.now() + timedelta(seconds=delay_s), list(args))
+        if self.armed:
+            self._arm_timer(name)
+        self.persist()
+
+    def cancel_timer(self, method: Any) -> bool:
+        name = method if isinstance(method, str) else getattr(method, "__name__", "")
+        timer = self.timers.pop(name, None)
+        if timer is None:
+            return False
+        if timer.task is not None:
+            timer.task.cancel()
+        self.persist()
+        return True
+
+    def _arm_timer(self, name: str) -> None:
+        timer = self.timers[name]
+        if not callable(getattr(self.rule, name, None)):
+            log.warning("rule %s: a timer for %s() was running, but the rule has no such method any more; dropped",
+                        self.name, name)
+            del self.timers[name]
+            self.persist()
+            return
+        late = (self.clock.now() - timer.deadline).total_seconds()
+        if late > 1:
+            log.info("rule %s: timer %s() was due %.0f s ago, while the hub was down; running it now", self.name, name, late)
+        timer.task = self.spawn(self._timer(name, timer))
+
+    async def _timer(self, name: str, timer: _Timer) -> None:
+        await self.clock.sleep_until(timer.deadline)
+        if self.timers.get(name) is not timer:
+            return
+        del self.timers[name]
+        self.persist()  # saved before acting: a crash in the action does not run it twice
+        method = getattr(self.rule, name)
+        self.last_run = self.clock.now()
+        self.runs_total += 1
+        self.engine.note_run(self)
+        try:
+            result = method(*timer.args)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            self._failed(f"{name}", err)
+        else:
+            self.failures = 0
 
     # ------------------------------------------------------------------ what the rule object asks for
 
@@ -144,8 +268,10 @@ class RuleRuntime:
         current = self.read(thing, name)
         if self.mode == "while" and self.active and key not in self.undo:
             self.undo[key] = (thing, current, value)
+            self.persist()
         elif key in self.undo:
             self.undo[key] = (thing, self.undo[key][1], value)
+            self.persist()
         pending = self._pending.setdefault(key, [value, 0])
         pending[0] = value
         pending[1] += 1
@@ -159,7 +285,7 @@ class RuleRuntime:
         self.property_values[name] = value
         if self.thing_id in self.engine.registry:
             self.engine.registry.report(self.thing_id, name, value, origin=self.origin)
-        self.engine.state_changed()
+        self.persist()
 
     # ------------------------------------------------------------------ the trigger context
 
@@ -191,11 +317,13 @@ class RuleRuntime:
             self.last_condition = bool(holds)
         elif holds and not self.active:
             self.active = True
+            self.persist()
             self._act(subject, name, value)
         elif not holds and self.active:
             self._stop_action()
             self.active = False
             self._restore()
+            self.persist()
 
     def _condition(self) -> bool | None:
         if self.declared is not None:
@@ -264,6 +392,11 @@ class RuleRuntime:
         """Undo a While rule: put back what it changed, where nobody changed it since."""
         undo, self.undo = self.undo, {}
         for (thing_id, name), (thing, before, mine) in undo.items():
+            if thing is None:  # restored from the saved state: the thing as it is now
+                if thing_id not in self.engine.registry:
+                    log.warning("%s: cannot restore %s.%s: the thing is not there", self.name, thing_id, name)
+                    continue
+                thing = self.engine.registry.get(thing_id)
             if before is None or self.read(thing, name) != mine:
                 continue
             try:
@@ -348,6 +481,12 @@ class RuleRuntime:
                 )
             triggers.append(item)
         self.triggers = triggers
+        self._trigger_keys = {}
+        seen: dict[str, int] = {}
+        for trigger in triggers:
+            key = trigger.describe()
+            seen[key] = seen.get(key, 0) + 1
+            self._trigger_keys[id(trigger)] = key if seen[key] == 1 else f"{key} #{seen[key]}"
         self.triggering_things = {
             attribute_name(t.thing._thing.title): t.thing for t in triggers if isinstance(t, ThingTrigger)
         }
@@ -375,7 +514,7 @@ class RuleRuntime:
             await self.engine.set_enabled(self.name, value)
             return
         self.property_values[name] = value
-        self.engine.state_changed()
+        self.persist()
         if self.enabled:
             await self.engine.disarm(self, undo=False)
             await self.engine.arm(self)
@@ -383,6 +522,23 @@ class RuleRuntime:
 
 def _iso(when: datetime | None) -> str:
     return when.isoformat(timespec="seconds") if when else ""
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def _from_ms(ms: Any) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, timezone.utc)
+
+
+@dataclass(eq=False, slots=True)
+class _Timer:
+    """A timer a rule started with `self.after(...)`: the method's name is its key."""
+
+    deadline: datetime
+    args: list[Any]
+    task: asyncio.Task | None = None
 
 
 class _Waiting:
@@ -412,7 +568,7 @@ class RuleEngine:
         readings: Bus[Reading] | None = None,
         history: History | None = None,
         max_failures: int = 3,
-        state_file: Path | None = None,
+        state_dir: Path | None = None,
         strict: bool = True,
         wait_for_things: bool = False,
     ):
@@ -424,7 +580,7 @@ class RuleEngine:
         self.readings = readings
         self.history = history
         self.max_failures = max_failures
-        self.state_file = state_file
+        self.state = RuleStateStore(state_dir) if state_dir is not None else None
         self.strict = strict
         self.runtimes: dict[str, RuleRuntime] = {}
         self.directory: Path | None = None
@@ -433,8 +589,10 @@ class RuleEngine:
         self._threshold_cache: dict[Series, list[tuple[RuleRuntime, Threshold]]] = {}
         self._waiting: dict[str, _Waiting] = {}  # rule name → the thing it waits for
         self._group: asyncio.TaskGroup | None = None
-        self._saved: dict[str, Any] = self._load_state()
-        self._dirty = False
+        self._saved: dict[str, dict[str, Any]] = self.state.load() if self.state is not None else {}
+        self._dirty: set[str] = set()  # rules whose state changed since it was last saved
+        self._flush_soon = False
+        self._files: dict[str, tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -444,14 +602,14 @@ class RuleEngine:
         self.spawn(self._follow_changes(self.registry.changes.subscribe("rules", maxsize=100_000)), "rules-changes")
         if self.readings is not None:
             self.spawn(self._follow_readings(self.readings.subscribe("rules", maxsize=100_000)), "rules-readings")
-        if self.state_file is not None:
+        if self.state is not None:
             self.spawn(self._save_periodically(), "rules-state")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for rt in list(self.runtimes.values()):
             await self.disarm(rt, undo=False)  # stopping the hub leaves the house as it is
-        self._save_state()
+        self.flush()
         assert self._group is not None
         for task in list(self._group._tasks):
             task.cancel()
@@ -471,40 +629,69 @@ class RuleEngine:
         sources, problems = load_directory(directory)
         return problems + await self.load(sources)
 
-    async def load(self, sources: Iterable[RuleSource]) -> list[str]:
-        """Replace the running rules with these; rules that fail to arm are reported and left out."""
-        old = self.runtimes
-        self.runtimes = {}
+    async def load(self, sources: Iterable[RuleSource], *, files: Iterable[Path] | None = None) -> list[str]:
+        """Replace the running rules with these — all of them, or (`files`) only those written in these files.
+
+        A replaced rule keeps what it promised: its new version starts from the old one's state (timers,
+        thresholds that fired, a While rule in effect), as a restarted hub starts from the saved state.
+        """
+        if files is None:
+            old, self.runtimes = self.runtimes, {}
+        else:
+            paths = {_resolved(path) for path in files}
+            old = {name: rt for name, rt in self.runtimes.items() if _resolved(rt.source.path) in paths}
+            for name in old:
+                del self.runtimes[name]
+        previous_state: dict[str, dict[str, Any]] = {}
         for rt in old.values():
             await self.disarm(rt, undo=False)
             self.registry.remove(rt.thing_id)
+            previous_state[rt.name] = rt.state()
         problems = []
         for source in sources:
             rt = RuleRuntime(self, source)
-            saved = self._saved.get(rt.name, {})
-            rt.enabled = bool(saved.get("enabled", True))
-            rt.last_run = _parse_iso(saved.get("last_run"))
-            for name, value in saved.get("properties", {}).items():
-                if name in rt.properties:
-                    with contextlib.suppress(ThingError):
-                        rt.property_values[name] = rt.properties[name].spec().check(rt.thing_id, value)
-            previous = old.get(rt.name)
-            if previous is not None and previous.mode == "while" and previous.active:
-                rt.undo, rt.active = previous.undo, True  # a reloaded While rule still knows what to put back
+            if rt.name in self.runtimes:
+                problems.append(f"{source.where}: a rule named {rt.name} exists already "
+                                f"({self.runtimes[rt.name].source.where}); rename one")
+                continue
+            rt.restore(previous_state.get(rt.name) or self._saved.get(rt.name, {}))
             self.runtimes[rt.name] = rt
             if rt.enabled:
                 problem = await self.arm(rt)
                 if problem:
                     problems.append(problem)
             self.registry.add(rt.make_thing())
+        for name in old:
+            if name not in self.runtimes:
+                self._saved[name] = previous_state[name]  # a rule taken out, perhaps to come back
         return problems
 
     async def reload_if_changed(self) -> list[str] | None:
-        """Reload when a file in the rules directory changed since the last load (None: nothing changed)."""
-        if self.directory is None or files_state(self.directory) == self._files:
+        """Reload the rule files that changed since the last load (None: nothing changed). The rules of the
+        other files keep running untouched; a changed helper (`_*.py`) reloads them all."""
+        if self.directory is None:
             return None
-        log.info("rules changed in %s: reloading", self.directory)
-        return await self.load_directory(self.directory)
+        now = files_state(self.directory)
+        if now == self._files:
+            return None
+        changed = sorted(name for name in set(now) | set(self._files) if now.get(name) != self._files.get(name))
+        if any(name.startswith("_") for name in changed):
+            log.info("rules: %s changed in %s; reloading every rule", ", ".join(changed), self.directory)
+            return await self.load_directory(self.directory)
+        self._files = now
+        sources: list[RuleSource] = []
+        problems: list[str] = []
+        for name in changed:
+            path = self.directory / name
+            if name in now:
+                found, trouble = load_file(path)
+                sources += found
+                problems += trouble
+        paths = [self.directory / name for name in changed]
+        problems += await self.load(sources, files=paths)
+        log.info("rules: reloaded %s (%s)", ", ".join(changed),
+                 ", ".join(s.cls.__name__ for s in sources) or "no rules")
+        return problems
 
     async def watch(self, interval_s: float = 2.0) -> None:
         """Reload on rule file changes and retry rules waiting for things; in real time."""
@@ -564,15 +751,23 @@ class RuleEngine:
         rt._queue = asyncio.Queue()
         rt._writer_task = self.spawn(rt._writer(), f"rule-{rt.name}-writer")
         rt.armed = True
+        keys = {rt.trigger_key(t) for t in rt.triggers}
+        for stale in [k for k in (*rt.promises, *rt.fired) if k not in keys]:  # the rule's triggers were changed
+            rt.promises.pop(stale, None)
+            rt.fired.pop(stale, None)
+            rt.persist()
         for trigger in rt.triggers:
             if isinstance(trigger, ThingTrigger):
                 self._by_thing.setdefault(trigger.thing._thing.id, []).append((rt, trigger))
             elif isinstance(trigger, Threshold):
                 trigger.reset()
+                trigger.fired = rt.fired.setdefault(rt.trigger_key(trigger), {})
                 self._thresholds.append((rt, trigger))
                 self._threshold_cache.clear()
             elif isinstance(trigger, TimeTrigger):
                 rt.spawn(trigger.run(rt))
+        for name in list(rt.timers):
+            rt._arm_timer(name)
         try:
             result = rt.rule.initial_state()  # type: ignore[union-attr]
             if inspect.isawaitable(result):
@@ -582,6 +777,9 @@ class RuleEngine:
         for trigger in rt.triggers:
             if isinstance(trigger, Threshold):
                 self._replay(rt, trigger)
+        if rt.mode != "while" and rt.active:  # saved by a former While version of the rule
+            rt.active, rt.undo = False, {}
+            rt.persist()
         if rt.mode in ("while", "if") and rt.armed:
             try:
                 holds = rt._condition()
@@ -596,11 +794,25 @@ class RuleEngine:
         return None
 
     def _replay(self, rt: RuleRuntime, trigger: Threshold) -> None:
+        """Judge a threshold from the stored readings: a hold that began before a restart counts from when it
+        began, a series that fired and was not broken since does not fire again."""
         if self.history is None:
             return
         now = int(self.clock.now().timestamp() * 1000)
+        span = trigger.for_ms + _THRESHOLD_LOOKBACK_MS
         try:
-            for data in self.history(trigger.selector, now - trigger.for_ms - _THRESHOLD_LOOKBACK_MS, now + 1):
+            while True:
+                lo = min([now - span, *trigger.fired.values()])
+                found = list(self.history(trigger.selector, lo, now + 1))
+                # A series whose first reading here already meets the condition, too recently for its hold to be
+                # over, may have begun its hold further back (readings missing for a while): look further back.
+                if span >= _THRESHOLD_LOOKBACK_MAX_MS or not any(
+                    len(d.ts) and trigger.complies(float(d.values[0])) and int(d.ts[0]) + trigger.for_ms > now
+                    and str(d.series) not in trigger.fired for d in found
+                ):
+                    break
+                span = min(span * 4, _THRESHOLD_LOOKBACK_MAX_MS)
+            for data in found:
                 for ts, value in zip(data.ts.tolist(), data.values.tolist()):
                     trigger.observe(Reading(data.series, int(ts), float(value)), rt)
         except Exception as err:
@@ -626,6 +838,16 @@ class RuleEngine:
         for task in list(rt._tasks):
             if task is not current:
                 task.cancel()
+        if undo:  # disabled: what it promised is off too (enabled again, it starts afresh)
+            for timer in rt.timers.values():
+                if timer.task is not None:
+                    timer.task.cancel()
+            rt.timers.clear()
+            rt.promises.clear()
+            rt.fired.clear()
+            rt.persist()
+        for timer in rt.timers.values():
+            timer.task = None
         if undo and rt.mode == "while" and rt.active:
             rt.active = False
             rt._restore()
@@ -660,12 +882,13 @@ class RuleEngine:
     def report_enabled(self, rt: RuleRuntime) -> None:
         if rt.thing_id in self.registry:
             self.registry.report(rt.thing_id, "enabled", rt.enabled, origin="rules")
-        self.state_changed()
+        self.persist(rt)
 
     def note_run(self, rt: RuleRuntime) -> None:
         if rt.thing_id in self.registry:
             self.registry.report(rt.thing_id, "last_run", _iso(rt.last_run), origin="rules")
-        self._dirty = True
+        if self.state is not None:
+            self._dirty.add(rt.name)  # saved with the next change, or within _SAVE_EVERY_S
 
     # ------------------------------------------------------------------ events
 
@@ -707,40 +930,37 @@ class RuleEngine:
 
     # ------------------------------------------------------------------ state that survives restarts
 
-    def state_changed(self) -> None:
-        self._dirty = True
-        self._save_state()
-
-    def _load_state(self) -> dict[str, Any]:
-        if self.state_file is None or not self.state_file.exists():
-            return {}
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError) as err:
-            log.warning("%s: cannot read the rule state (%s); rules start enabled", self.state_file, err)
-            return {}
-
-    def _save_state(self) -> None:
-        if self.state_file is None or not self._dirty:
+    def persist(self, rt: RuleRuntime) -> None:
+        """Save the rule's state before the event loop does anything else (changes in one step: one write)."""
+        if self.state is None:
             return
-        state = {
-            rt.name: {"enabled": rt.enabled, "last_run": _iso(rt.last_run), "properties": rt.property_values}
-            for rt in self.runtimes.values()
-        }
-        self._saved.update(state)
-        tmp = self.state_file.with_suffix(".tmp")
-        try:
-            # orjson: json's indenting encoder is pure Python, ~7 ms for 500 rules with the event loop stopped
-            tmp.write_bytes(orjson.dumps(self._saved, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-            os.replace(tmp, self.state_file)
-            self._dirty = False
-        except OSError as err:
-            log.warning("%s: cannot save the rule state: %s", self.state_file, err)
+        self._dirty.add(rt.name)
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the state of every rule that changed (one small file each)."""
+        self._flush_soon = False
+        if self.state is None:
+            return
+        dirty, self._dirty = self._dirty, set()
+        for name in sorted(dirty):
+            rt = self.runtimes.get(name)
+            if rt is None:
+                continue
+            state = rt.state()
+            self._saved[name] = state
+            try:
+                self.state.save(name, state)
+            except OSError as err:
+                log.warning("%s: cannot save the state of rule %s: %s", self.state.directory, name, err)
+                self._dirty.add(name)
 
     async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(_SAVE_EVERY_S)
-            self._save_state()
+            self.flush()  # last_run of rules that only ran (nothing they promised changed)
 
 
 async def _guarded(rt: RuleRuntime, awaitable: Any, what: str) -> None:
@@ -752,19 +972,15 @@ async def _guarded(rt: RuleRuntime, awaitable: Any, what: str) -> None:
         rt._failed(what, err)
 
 
+def _resolved(path: Path | None) -> Path | None:
+    return Path(path).resolve() if path is not None else None
+
+
 def _parse_iso(text: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(text) if text else None
     except (TypeError, ValueError):
         return None
-
-
-def read_state(state_file: Path) -> dict[str, Any]:
-    """The saved state of the rules (for `roost rules list` without a running hub)."""
-    try:
-        return json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def check_rules(sources: Iterable[RuleSource], registry: ThingRegistry | None, place: Place | None = None):

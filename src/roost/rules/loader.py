@@ -110,11 +110,9 @@ def load_directory(directory: Path) -> tuple[list[RuleSource], list[str]]:
     return sources, problems
 
 
-def files_state(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """What changed-detection compares: each rule file's name, size and modification time."""
+def files_state(directory: Path) -> dict[str, tuple[int, int]]:
+    """What changed-detection compares: each rule file's size and modification time, by name."""
     try:
-        return tuple(
-            sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.glob("*.py"))
-        )
+        return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.glob("*.py")}
     except OSError:
-        return ()
+        return {}

@@ -61,6 +61,16 @@ class Rule:
         """Wait in an async action ("12s", "5m" or seconds); cancelled when the rule is disabled or reloaded."""
         await self._roost.sleep(seconds(duration))
 
+    def after(self, delay: str | float, method: Any, *args: Any) -> None:
+        """Call `method(*args)` (a method of this rule) after `delay` ("30m", "10s" or seconds). The deadline is
+        saved in the data directory, so a restart or a reload keeps it; starting the same method's timer again
+        moves its deadline. The arguments must be plain values (numbers, strings, lists, dicts)."""
+        self._roost.start_timer(method, seconds(delay), args)
+
+    def cancel_timer(self, method: Any) -> bool:
+        """Stop the timer of `method`; False when none was running."""
+        return self._roost.cancel_timer(method)
+
     def __getattr__(self, name: str) -> ThingProxy:
         if name.startswith("_"):
             raise AttributeError(name)

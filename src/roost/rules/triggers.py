@@ -9,6 +9,7 @@ day by day, so they stay right across daylight-saving changes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import operator
 import re
@@ -23,6 +24,8 @@ from roost.rules.clock import Clock, Place
 from roost.rules.errors import RuleError
 from roost.rules.proxy import ThingProxy
 from roost.selector import Selector
+
+log = logging.getLogger("roost.rules")
 
 __all__ = [
     "AbsoluteTimeTrigger",
@@ -41,10 +44,20 @@ class TriggerContext(Protocol):
 
     clock: Clock
     place: Place
+    name: str
 
     def fire(self, trigger: Trigger, subject: Any, name: str | None, value: Any, *, release: bool = False) -> None: ...
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task: ...
+
+    def persist(self) -> None:
+        """Something the trigger promised changed: save the rule's state."""
+
+    def promised(self, trigger: TimeTrigger) -> datetime | None:
+        """When the trigger was due next, as saved before a restart (None: nothing saved)."""
+
+    def promise(self, trigger: TimeTrigger, when: datetime) -> None:
+        """Save when the trigger is due next."""
 
 
 class Trigger:
@@ -97,21 +110,66 @@ class Changed(ThingTrigger):
 
 
 class TimeTrigger(Trigger):
-    """Fires at the times `next_after` names."""
+    """Fires at the times `next_after` names.
+
+    Schedules (not heartbeats) save their next time, so a time that fell while the hub was down is noticed at
+    start: it runs once when it fell within `catch_up` of now ("2h"; default off), else it is logged as missed.
+    """
+
+    catch_up = timedelta(0)
+    keeps_promises = True  # the next time is saved (a heartbeat's is not: it has no time of its own)
 
     def next_after(self, now: datetime, place: Place) -> datetime:
         """The first firing time strictly after `now` (aware datetimes)."""
         raise NotImplementedError
 
     async def run(self, ctx: TriggerContext) -> None:
-        when = self.next_after(ctx.clock.now(), ctx.place)
+        now = ctx.clock.now()
+        when = self.next_after(now, ctx.place)
+        if self.keeps_promises:
+            promised = ctx.promised(self)
+            if promised is not None and promised <= now:
+                self._missed(promised, now, ctx)
+            if promised is None or abs(promised - when) >= timedelta(milliseconds=1):  # saved to the ms
+                ctx.promise(self, when)
         while True:
             await ctx.clock.sleep_until(when)
-            ctx.fire(self, self, None, None)
             following = self.next_after(when, ctx.place)
             now = ctx.clock.now()
             # After a long stall (suspend, a clock set forward) skip the missed firings instead of bursting.
-            when = following if following > now else self.next_after(now, ctx.place)
+            if following <= now:
+                following = self.next_after(now, ctx.place)
+            if self.keeps_promises:
+                ctx.promise(self, following)  # saved before acting: a crash in the action does not run it twice
+            ctx.fire(self, self, None, None)
+            when = following
+
+    def _missed(self, first: datetime, now: datetime, ctx: TriggerContext) -> None:
+        """The hub was down when this trigger was due (at `first`, and maybe later): catch up once, or log it."""
+        last, earlier = first, 0
+        while earlier < 100_000:
+            following = self.next_after(last + timedelta(milliseconds=1), ctx.place)  # `first` was saved to the ms
+            if following > now:
+                break
+            last, earlier = following, earlier + 1
+        local = ctx.place.local(last).strftime("%Y-%m-%d %H:%M:%S %Z")
+        also = f" (and {earlier} time{'s' if earlier != 1 else ''} before)" if earlier else ""
+        if self.catch_up > timedelta(0) and now - last <= self.catch_up:
+            log.info("rule %s: %s fell at %s%s while the hub was down; running it now (catch_up %s)",
+                     ctx.name, self.describe(), local, also, format_duration_ms(int(self.catch_up.total_seconds() * 1000)))
+            ctx.fire(self, self, None, None)
+        else:
+            why = (f"more than catch_up {format_duration_ms(int(self.catch_up.total_seconds() * 1000))} ago"
+                   if self.catch_up > timedelta(0) else "no catch_up")
+            log.warning("rule %s: missed %s: it fell at %s%s while the hub was down (%s)",
+                        ctx.name, self.describe(), local, also, why)
+
+
+def _catch_up(text: str | None, what: str) -> timedelta:
+    window = _signed_duration(text, f"{what}, catch_up={text!r}")
+    if window < timedelta(0):
+        raise RuleError(f"{what}: catch_up={text!r} must not be negative")
+    return window
 
 
 def _signed_duration(text: str | None, what: str) -> timedelta:
@@ -128,6 +186,8 @@ def _signed_duration(text: str | None, what: str) -> timedelta:
 
 class HeartBeat(TimeTrigger):
     """Every `period` ("2s", "5m"), starting one period after the rule is enabled."""
+
+    keeps_promises = False
 
     def __init__(self, period: str):
         self.period = _signed_duration(period, f"HeartBeat({period!r})")
@@ -208,9 +268,10 @@ def _next_daily(now: datetime, place: Place, days: frozenset[int], at_day: Calla
 class AbsoluteTimeTrigger(TimeTrigger):
     """Every day (or on `weekdays`) at a local time: `AbsoluteTimeTrigger("06:30", weekdays="mon-fri")`."""
 
-    def __init__(self, at: str, *, weekdays: str | Iterable[str | int] | None = None):
+    def __init__(self, at: str, *, weekdays: str | Iterable[str | int] | None = None, catch_up: str | None = None):
         self.at = parse_time_of_day(at)
         self.days = parse_weekdays(weekdays)
+        self.catch_up = _catch_up(catch_up, f"AbsoluteTimeTrigger({at!r})")
 
     def next_after(self, now: datetime, place: Place) -> datetime:
         return _next_daily(now, place, self.days, lambda day: _local_instant(day, self.at, place))
@@ -259,7 +320,10 @@ class SunTrigger(TimeTrigger):
     morning_golden_hour, morning_blue_hour. Days on which the event does not happen (polar summer) are skipped.
     """
 
-    def __init__(self, event: str, *, offset: str | None = None, weekdays: str | Iterable[str | int] | None = None):
+    def __init__(
+        self, event: str, *, offset: str | None = None, weekdays: str | Iterable[str | int] | None = None,
+        catch_up: str | None = None,
+    ):
         if event not in SUN_EVENTS:
             close = [e for e in SUN_EVENTS if e.startswith(event[:3])]
             hint = f' (did you mean "{close[0]}"?)' if close else ""
@@ -267,6 +331,7 @@ class SunTrigger(TimeTrigger):
         self.event = event
         self.offset = _signed_duration(offset, f"SunTrigger({event!r}, offset={offset!r})")
         self.days = parse_weekdays(weekdays)
+        self.catch_up = _catch_up(catch_up, f"SunTrigger({event!r})")
 
     def next_after(self, now: datetime, place: Place) -> datetime:
         def at_day(day: date) -> datetime | None:
@@ -297,12 +362,13 @@ def _spoken(ms: int) -> str:
 class Cron(TimeTrigger):
     """A cron schedule in the house's time zone: `Cron("*/5 * * * *")`, `Cron("0 7 * * mon-fri")`."""
 
-    def __init__(self, expression: str):
+    def __init__(self, expression: str, *, catch_up: str | None = None):
         from croniter import croniter
 
         if not isinstance(expression, str) or not croniter.is_valid(expression):
             raise RuleError(f'Cron({expression!r}): not a cron expression (five fields like "*/5 * * * *")')
         self.expression = expression
+        self.catch_up = _catch_up(catch_up, f"Cron({expression!r})")
 
     def next_after(self, now: datetime, place: Place) -> datetime:
         from croniter import croniter
@@ -339,7 +405,9 @@ class Threshold(Trigger):
     Fires once per series when every reading of that series has satisfied the comparison for the `for`
     duration (at once without `for`), judged by the readings' timestamps; fires again only after a reading
     breaks the condition. For While rules it holds while any matching series has fired and not been broken.
-    At start it replays the stored readings of the last `for` duration, so a condition already holding counts.
+    At start the engine replays the stored readings, so a hold that began before a restart counts from when it
+    began; `fired` (saved with the rule) remembers the series that fired and have not been broken since, so a
+    hold that fired before the restart does not fire again.
     """
 
     def __init__(self, spec: str):
@@ -359,6 +427,7 @@ class Threshold(Trigger):
             raise RuleError(f"Threshold({spec!r}): for: {err}") from None
         self._compare = _OPS[self.op]
         self._held: dict[Series, _Held] = {}
+        self.fired: dict[str, int] = {}  # series → when it fired (ms), while not broken since; saved with the rule
 
     @property
     def metric(self) -> str | None:
@@ -370,6 +439,9 @@ class Threshold(Trigger):
 
     def holds(self) -> bool:
         return any(h.fired for h in self._held.values())
+
+    def complies(self, value: float) -> bool:
+        return self._compare(value, self.limit)
 
     def describe(self) -> str:
         held = f" for {format_duration_ms(self.for_ms)}" if self.for_ms else ""
@@ -392,6 +464,9 @@ class Threshold(Trigger):
         held.value = reading.value
         if self._compare(reading.value, self.limit):
             if held.since_ms is None and not held.fired:
+                if str(reading.series) in self.fired:  # fired before a restart or reload, not broken since
+                    held.fired = True
+                    return
                 held.since_ms = reading.ts_ms
                 deadline = datetime.fromtimestamp((reading.ts_ms + self.for_ms) / 1000, timezone.utc)
                 if deadline <= ctx.clock.now():
@@ -403,9 +478,13 @@ class Threshold(Trigger):
         if held.timer is not None:
             held.timer.cancel()
             held.timer = None
+        key = str(reading.series)
+        if key in self.fired and self.fired[key] < reading.ts_ms:
+            del self.fired[key]  # broken after it fired (a break before is history the replay passes over)
+            ctx.persist()
         if held.fired:
             held.fired = False
-            ctx.fire(self, self, str(reading.series), reading.value, release=True)
+            ctx.fire(self, self, key, reading.value, release=True)
 
     async def _wait(self, series: Series, held: _Held, deadline: datetime, ctx: TriggerContext) -> None:
         await ctx.clock.sleep_until(deadline)
@@ -415,6 +494,8 @@ class Threshold(Trigger):
     def _fire(self, series: Series, held: _Held, ctx: TriggerContext) -> None:
         held.since_ms = None
         held.fired = True
+        self.fired[str(series)] = int(ctx.clock.now().timestamp() * 1000)
+        ctx.persist()  # saved before acting, so a restart does not act twice
         ctx.fire(self, self, str(series), held.value)
 
 

@@ -2,11 +2,14 @@
 
 Ingest path: `ingest()` (awaits durability: HTTP push) and `submit()` (fire-and-forget: device sources) queue
 readings for one writer task. The writer appends each batch to the store's WAL and publishes the stored readings
-on the bus for things, rules, exporters and live views at once, then syncs once per batch (a group commit) and
-only then acknowledges. What was acknowledged is durable; a rule reacting to a reading does not wait for the
-disk (the fsync's tail was the largest share of a rule's latency, see bench/README.md). When the disk is full
-the writer holds unacknowledged readings in memory (bounded by `store.max_buffered`, oldest dropped and counted
-beyond that), fails acknowledged-path writes with StoreFullError, and retries until space returns.
+on the bus for things, rules, exporters and live views at once. A committer task syncs what has been written
+(one fdatasync for everything since the last: a group commit) and only then acknowledges it. What was
+acknowledged is durable; a reading on its way to the rules never waits for the disk, neither for its own fsync
+nor for one already running when it came (the fsync's tail was the largest share of a rule's latency, see
+bench/README.md). Compaction takes the same lock as the committer, so the WAL segment it closes is synced first
+and no fsync runs on it meanwhile. When the disk is full the writer holds unacknowledged readings in memory
+(bounded by `store.max_buffered`, oldest dropped and counted beyond that), fails acknowledged-path writes with
+StoreFullError, and retries until space returns.
 """
 
 from __future__ import annotations
@@ -97,6 +100,9 @@ class Hub:
         self.started_at = time.time()
         self._serve_http = serve_http
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._unsynced: list[tuple[_Pending, WriteResult]] = []  # written and published, not yet synced
+        self._written = asyncio.Event()  # set when _unsynced has something for the committer
+        self._sync_lock = asyncio.Lock()  # one fsync at a time, and none while compaction closes a WAL segment
         self._held: deque[Reading] = deque()
         self._runner: web.AppRunner | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -148,6 +154,7 @@ class Hub:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._tasks.create_task(self._writer(), name="store-writer")
+        self._tasks.create_task(self._committer(), name="store-commit")
         self._tasks.create_task(self._maintenance(), name="store-maintenance")
         self._tasks.create_task(self.thing_service.run(), name="things")
         self._start_sources()
@@ -245,34 +252,50 @@ class Hub:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write_batch(batch)
+            if not self._write_batch(batch):
+                await asyncio.sleep(_FULL_RETRY_S)  # the disk is full: try again in a while
 
-    async def _write_batch(self, batch: list[_Pending]) -> None:
-        stored: list[tuple[_Pending, WriteResult]] = []
+    def _write_batch(self, batch: list[_Pending]) -> bool:
+        """Write to the WAL and publish on the bus; the committer acknowledges. False when the disk is full."""
+        written = 0
         try:
             if self._held:
                 self._write_held()
             for item in batch:
                 result = self.store.write(item.readings)
-                stored.append((item, result))
+                written += 1
+                self._unsynced.append((item, result))
                 self._publish(item.readings, result)
-            await asyncio.to_thread(self.store.sync)
         except StoreFullError as err:
             self.metrics.store_errors.labels(reason="disk_full").inc()
             log.error("%s", err)
-            for item in batch[len(stored):]:
+            for item in batch[written:]:
                 if item.done is None:
                     self._hold(item.readings)
                 elif not item.done.done():
                     item.done.set_exception(err)
             self.metrics.buffered.set(len(self._held))
-            await asyncio.sleep(_FULL_RETRY_S)
-        if self.replication is not None and stored:  # sync replication: the standby has it before we acknowledge
-            await self.replication.committed(self.store.wal_position())
-        for item, result in stored:
-            self._account(item.readings, result)
-            if item.done is not None and not item.done.done():
-                item.done.set_result(result)
+            return False
+        finally:
+            if self._unsynced:
+                self._written.set()
+        return True
+
+    async def _committer(self) -> None:
+        """Sync everything written since the last sync, then acknowledge it: one fsync at a time."""
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            stored, self._unsynced = self._unsynced, []
+            position = self.store.wal_position()  # what this sync covers: everything written until now
+            async with self._sync_lock:
+                await asyncio.to_thread(self.store.sync)
+            if self.replication is not None:  # sync replication: the standby has it before we acknowledge
+                await self.replication.committed(position)
+            for item, result in stored:
+                self._account(item.readings, result)
+                if item.done is not None and not item.done.done():
+                    item.done.set_result(result)
 
     def _write_held(self) -> None:
         held = list(self._held)
@@ -325,7 +348,12 @@ class Hub:
 
     async def compact(self) -> int:
         """Move recent readings from the head into compressed chunks (in a worker thread)."""
-        if not self.store.freeze_head():
+        async with self._sync_lock:  # no fsync of the committer's runs on the segment that closes
+            # Synced here, on the event loop: no write can slip into the old segment between its sync and its close
+            # (one fsync per compaction interval; the committer's acknowledgements rely on it).
+            self.store.sync()
+            frozen = self.store.freeze_head()
+        if not frozen:
             return 0
         try:
             n = await asyncio.to_thread(self.store.compact_frozen)

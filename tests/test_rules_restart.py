@@ -11,6 +11,7 @@ import json
 import logging
 import textwrap
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,3 +373,234 @@ async def test_reloading_a_rules_own_file_keeps_its_timer(tmp_path):
         assert heater["on"] is True
         await house.clock.advance("1s")
         assert heater["on"] is False
+
+
+# ------------------------------------------------------------------ a real hub, killed with SIGKILL
+
+
+MARKING = '''
+    import time
+    from pathlib import Path
+
+    from roost.rules import AbsoluteTimeTrigger, Rule, Threshold
+
+    MARKS = Path(r"{marks}")
+
+
+    def mark(what):
+        with MARKS.open("a") as f:
+            f.write(f"{{what}} {{time.time():.3f}}\\n")
+'''
+
+
+def marks(path) -> dict[str, list[float]]:
+    seen: dict[str, list[float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            what, at = line.split()
+            seen.setdefault(what, []).append(float(at))
+    return seen
+
+
+def wait_until(predicate, what: str, timeout: float = 20.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def push(hub, body: str) -> float:
+    """POST line protocol (stamped by the hub on arrival); returns the time halfway through the request."""
+    import time
+    import urllib.request
+
+    before = time.time()
+    with urllib.request.urlopen(urllib.request.Request(hub.url + "/write", data=body.encode(), method="POST"), timeout=10) as r:
+        assert r.status == 204
+    return (before + time.time()) / 2
+
+
+def real_hub_setup(tmp_path, rules_body: str, extra_config: str = ""):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "promises.py").write_text(textwrap.dedent(MARKING.format(marks=tmp_path / "marks")) + textwrap.dedent(rules_body))
+    config = tmp_path / "roost.toml"
+    config.write_text(f'[rules]\ndirectory = "{rules}"\ntimezone = "UTC"\n{extra_config}')
+    return config
+
+
+def test_a_killed_hub_keeps_a_pending_hold_and_a_timer_at_their_promised_times(tmp_path):
+    import time
+
+    from conftest import HubProcess
+
+    config = real_hub_setup(tmp_path, '''
+
+        class Hot(Rule):
+            """Marks when the test room has been above 25 for 8 seconds."""
+
+            def register_triggers(self):
+                return (Threshold('heat_celsius{room="test"} > 25 for 8s'),)
+
+            def action(self, *args):
+                mark("hot")
+
+
+        class Boost(Rule):
+            """Marks a boost request and, 8 seconds later, its end."""
+
+            def register_triggers(self):
+                return (Threshold('boost_requested{room="test"} > 0'),)
+
+            def action(self, *args):
+                mark("boost")
+                self.after("8s", self.over)
+
+            def over(self):
+                mark("over")
+    ''')
+    data = tmp_path / "data"
+    hub = HubProcess(data, "-c", str(config))
+    try:
+        pushed = push(hub, "heat_celsius,room=test value=26\nboost_requested,room=test value=1\n")
+        boosted = wait_until(lambda: marks(tmp_path / "marks").get("boost"), "the boost rule ran")[0]
+        wait_until(lambda: (data / "rules-state" / "Boost.json").exists() and "timers" in (data / "rules-state" / "Boost.json").read_text(), "the timer saved")
+        time.sleep(max(0.0, pushed + 3 - time.time()))
+        hub.kill(9)  # 3 s into the hold and into the timer
+        assert "hot" not in marks(tmp_path / "marks")
+        hub = HubProcess(data, "-c", str(config))
+        restarted = time.time()
+        wait_until(lambda: {"hot", "over"} <= set(marks(tmp_path / "marks")), "the hold and the timer", timeout=30)
+        time.sleep(2)  # anything fired twice would be there by now
+    finally:
+        hub.kill(9)
+    seen = marks(tmp_path / "marks")
+    assert restarted < pushed + 7, "the restart took too long for this test to mean anything"
+    assert (len(seen["boost"]), len(seen["hot"]), len(seen["over"])) == (1, 1, 1)
+    assert abs(seen["hot"][0] - (pushed + 8)) < 1.0
+    assert abs(seen["over"][0] - (boosted + 8)) < 1.0
+
+
+def test_a_schedule_missed_by_a_killed_hub_is_caught_up_once_or_logged(tmp_path):
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from conftest import HubProcess
+
+    at = (datetime.now(timezone.utc) + timedelta(seconds=12)).strftime("%H:%M:%S")
+    config = real_hub_setup(tmp_path, f'''
+
+        class Caught(Rule):
+            """Catches up for two hours."""
+
+            def register_triggers(self):
+                return (AbsoluteTimeTrigger("{at}", catch_up="2h"),)
+
+            def action(self, *args):
+                mark("caught")
+
+
+        class Missed(Rule):
+            """No catching up."""
+
+            def register_triggers(self):
+                return (AbsoluteTimeTrigger("{at}"),)
+
+            def action(self, *args):
+                mark("missed")
+    ''')
+    data = tmp_path / "data"
+    hub = HubProcess(data, "-c", str(config))
+    wait_until(lambda: all((data / "rules-state" / f"{name}.json").exists() for name in ("Caught", "Missed")), "promises saved")
+    hub.kill(9)
+    due = datetime.combine(datetime.now(timezone.utc).date(), datetime.strptime(at, "%H:%M:%S").time(), timezone.utc)
+    assert datetime.now(timezone.utc) < due, "the hub took too long to start for this test to mean anything"
+    time.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds() + 0.5))
+    hub = HubProcess(data, "-c", str(config))
+    try:
+        wait_until(lambda: marks(tmp_path / "marks").get("caught"), "the caught-up run")
+        time.sleep(1)
+    finally:
+        hub.kill(9)
+    assert marks(tmp_path / "marks") == {"caught": marks(tmp_path / "marks")["caught"]}
+    assert len(marks(tmp_path / "marks")["caught"]) == 1
+    log = Path(hub.log.name).read_text()
+    assert f"rule Missed: missed at {at}: it fell at {due:%Y-%m-%d} {at} UTC while the hub was down (no catch_up)" in log
+
+
+async def test_a_while_rule_in_effect_when_the_hub_was_killed_still_undoes_its_action(tmp_path):
+    """Through a zigbee2mqtt fan on a real mosquitto: the test plays the device, confirming each command."""
+    import asyncio
+    import contextlib
+
+    import aiomqtt
+    from conftest import HubProcess
+    from test_mqtt import Mosquitto
+
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    config = real_hub_setup(tmp_path, '''
+        from roost.rules import WhileRule
+
+
+        class FanWhileHot(WhileRule):
+            """The fan runs while the test room is above 25."""
+
+            def register_triggers(self):
+                return (Threshold('heat_celsius{room="test"} > 25'),)
+
+            def action(self, *args):
+                self.test_fan.on = True
+    ''', f'[[source.mqtt]]\nurl = "{broker.url}"\nname = "home"\n[source.mqtt.zigbee2mqtt]\n')
+    data = tmp_path / "data"
+    commands: asyncio.Queue = asyncio.Queue()
+
+    async def device(client: aiomqtt.Client) -> None:
+        await client.subscribe("zigbee2mqtt/test_fan/set")
+        async for message in client.messages:
+            command = json.loads(message.payload)
+            await commands.put(command)
+            await client.publish("zigbee2mqtt/test_fan", json.dumps(command), qos=1, retain=True)
+
+    async def fan_known(hub) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(base_url=hub.url) as http:
+            for _ in range(300):
+                async with http.get("/things/test-fan") as r:
+                    if r.status == 200:
+                        return
+                await asyncio.sleep(0.05)
+        raise AssertionError("the fan did not become a thing")
+
+    hub = None
+    try:
+        async with broker.client() as client:
+            await client.publish("zigbee2mqtt/test_fan", json.dumps({"state": "OFF"}), qos=1, retain=True)
+            playing = asyncio.create_task(device(client))
+            try:
+                hub = await asyncio.to_thread(HubProcess, data, "-c", str(config))
+                await fan_known(hub)
+                await asyncio.to_thread(push, hub, "heat_celsius,room=test value=26\n")
+                assert await asyncio.wait_for(commands.get(), 10) == {"state": "ON"}
+                await asyncio.sleep(0.3)  # the device's confirmation reaches the hub
+                await asyncio.to_thread(hub.kill, 9)
+                hub = await asyncio.to_thread(HubProcess, data, "-c", str(config))
+                await fan_known(hub)
+                await asyncio.sleep(2.5)  # the rule arms (it waits for the fan) and judges the stored readings
+                assert commands.empty()  # still in effect: nothing sent again
+                await asyncio.to_thread(push, hub, "heat_celsius,room=test value=20\n")
+                assert await asyncio.wait_for(commands.get(), 10) == {"state": "OFF"}
+            finally:
+                playing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await playing
+    finally:
+        if hub is not None:
+            hub.kill(9)
+        broker.stop()

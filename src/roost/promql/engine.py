@@ -135,28 +135,27 @@ class Evaluator:
                 return width
         return None
 
-    def _buckets(self, vs: ast.VectorSelector, range_ms: int, width: int) -> Iterable[tuple[Series, _Buckets]]:
-        """Every matching series' summaries on the bucket grid from the first window's start to the last step."""
+    def _buckets(self, vs: ast.VectorSelector, range_ms: int, width: int) -> tuple[list[Series], _Buckets | None]:
+        """Every matching series' summaries on one bucket grid from the first window's start to the last step."""
         lo = int(self.steps[0]) - vs.offset_ms - range_ms
         hi = int(self.steps[-1]) - vs.offset_ms + width  # the bucket starting at the last step holds its edge sample
-        for series, summary in self.source.summaries(vs.selector, lo, hi, width):
-            yield series, _Buckets(summary, lo, hi, width)
+        found = list(self.source.summaries(vs.selector, lo, hi, width))
+        if not found:
+            return [], None
+        return [series for series, _s in found], _Buckets([summary for _series, summary in found], lo, hi, width)
 
     def _vector_selector(self, vs: ast.VectorSelector) -> Vector:
         ref = self.steps - vs.offset_ms
-        labels, rows, masks = [], [], []
         width = self._width(vs, 0)
         if width is not None:  # the newest sample in [t - 5m, t]: the one on t, else the last of the bucket before t
-            for series, b in self._buckets(vs, width, width):
-                e = b.index(ref)
-                edge_ok, edge_v = b.edge(e, ref)
-                before = e - 1
-                ok = edge_ok | ((b.count[before] > 0) & (b.last_ts[before] >= ref - LOOKBACK_MS))
-                if ok.any():
-                    labels.append(series_labels(series))
-                    rows.append(np.where(edge_ok, edge_v, b.last[before]))
-                    masks.append(ok)
-            return _stack(labels, rows, masks, len(self.steps))
+            series, b = self._buckets(vs, width, width)
+            if b is None:
+                return Vector.empty(len(self.steps))
+            e = b.at(ref)
+            edge_ok, edge_v = b.edge(e, ref)
+            ok = edge_ok | ((b.count[e - 1] > 0) & (b.last_ts[e - 1] >= ref - LOOKBACK_MS))
+            return _compact(Vector([series_labels(x) for x in series], np.where(edge_ok, edge_v, b.last[e - 1]), ok))
+        labels, rows, masks = [], [], []
         for data in self._samples(vs, LOOKBACK_MS):
             idx = np.searchsorted(data.ts, ref, "right") - 1
             safe = np.maximum(idx, 0)
@@ -182,26 +181,27 @@ class Evaluator:
         ms = call.arg
         ref = self.steps - ms.vector.offset_ms
         width = self._width(ms.vector, ms.range_ms) if call.func in _BUCKETED else None
+        keep_name = call.func == "last_over_time"
         if width is not None:
-            answers = (
-                (series, _BUCKETED[call.func](b, ref, ms.range_ms))
-                for series, b in self._buckets(ms.vector, ms.range_ms, width)
-            )
+            series, b = self._buckets(ms.vector, ms.range_ms, width)
+            if b is None:
+                return Vector.empty(len(self.steps))
+            values, ok = _BUCKETED[call.func](b, ref, ms.range_ms)
+            labels = [series_labels(x) if keep_name else _drop_name(series_labels(x)) for x in series]
+            vec = _compact(Vector(labels, values, ok))
         else:
-            answers = (
-                (data.series, _RANGE[call.func](data.ts, data.values, *_windows(data.ts, ref, ms.range_ms), ref, ms.range_ms))
-                for data in self._samples(ms.vector, ms.range_ms)
-            )
-        labels, rows, masks = [], [], []
-        for series, (values, ok) in answers:
-            if ok.any():
-                lb = series_labels(series)
-                labels.append(lb if call.func == "last_over_time" else _drop_name(lb))
-                rows.append(values)
-                masks.append(ok)
-        if len(set(labels)) != len(labels):
+            labels, rows, masks = [], [], []
+            for data in self._samples(ms.vector, ms.range_ms):
+                values, ok = _RANGE[call.func](data.ts, data.values, *_windows(data.ts, ref, ms.range_ms), ref, ms.range_ms)
+                if ok.any():
+                    lb = series_labels(data.series)
+                    labels.append(lb if keep_name else _drop_name(lb))
+                    rows.append(values)
+                    masks.append(ok)
+            vec = _stack(labels, rows, masks, len(self.steps))
+        if len(set(vec.labels)) != len(vec.labels):
             raise ExecutionError("vector cannot contain metrics with the same labelset")
-        return _stack(labels, rows, masks, len(self.steps))
+        return vec
 
     # ------------------------------------------------------------------ aggregation
 
@@ -477,38 +477,61 @@ _EMPTY_BUCKET = np.array([0.0, 0.0, 0.0, np.inf, -np.inf, -1.0, 0.0, -1.0, 0.0, 
 
 
 class _Buckets:
-    """One series' summary rows on the dense grid of buckets `lo + j * width` < hi (an empty bucket has count 0)."""
+    """Several series' summary rows on one dense grid of buckets `lo + j * width` < hi (an empty bucket has
+    count 0), series after series in flat arrays: bucket j of series i is at `i * n + j`. Every function below
+    works on all series and steps at once, with (series, steps) arrays of flat indices."""
 
-    def __init__(self, s: Summary, lo: int, hi: int, width: int):
+    def __init__(self, summaries: list[Summary], lo: int, hi: int, width: int):
         n = (hi - lo) // width
-        self.lo, self.width = lo, width
-        if len(s) == n:  # every bucket has samples: the summary is the grid already
-            rows = s.rows
+        self.lo, self.width, self.n = lo, width, n
+        if len(summaries) == 1 and len(summaries[0]) == n:  # one series with samples in every bucket: the grid already
+            rows = summaries[0].rows
         else:
-            rows = np.repeat(_EMPTY_BUCKET, n, axis=1)
-            rows[:, ((s.ts - lo) // width).astype(np.intp)] = s.rows
+            rows = np.empty((len(_EMPTY_BUCKET), len(summaries) * n))
+            for i, s in enumerate(summaries):
+                grid = rows[:, i * n : (i + 1) * n]
+                if len(s) == n:
+                    grid[:] = s.rows
+                else:
+                    grid[:] = _EMPTY_BUCKET
+                    grid[:, ((s.ts - lo) // width).astype(np.intp)] = s.rows
         (_ts, self.count, self.sum, self.min, self.max, self.first_ts, self.first, self.last_ts, self.last,
          self.resets) = rows
-        idx = np.arange(n)
+        idx = np.arange(rows.shape[1])
+        start = idx - idx % n  # the flat index of each bucket's series' first bucket
         full = self.count > 0
-        self.prev = np.maximum.accumulate(np.where(full, idx, -1))  # the newest non-empty bucket <= j, or -1
-        self.next = np.minimum.accumulate(np.where(full, idx, n)[::-1])[::-1]  # the oldest non-empty bucket >= j, or n
+        newest = np.maximum.accumulate(np.where(full, idx, start - 1))
+        self.prev = np.where(newest >= start, newest, -1)  # the newest non-empty bucket <= j of the same series, or -1
+        oldest = np.minimum.accumulate(np.where(full, idx, start + n)[::-1])[::-1]
+        self.next = np.minimum(oldest, start + n)  # the oldest non-empty bucket >= j of the same series, or its end
+        self.series_start = start[::n][:, None]
 
-    def index(self, t: np.ndarray) -> np.ndarray:
-        return (t - self.lo) // self.width
+    def at(self, t: np.ndarray) -> np.ndarray:
+        """(series, steps) flat indices of the buckets that start at each t."""
+        return self.series_start + (t - self.lo) // self.width
 
     def edge(self, e: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whether bucket e, starting at ref, has a sample exactly on ref; and that sample's value."""
         return (self.count[e] > 0) & (self.first_ts[e] == ref), self.first[e]
 
     def window(self, ref: np.ndarray, range_ms: int):
-        """For every step: the window's first bucket a, its end bucket e (from ref on), whether a sample sits
-        exactly on ref and its value, and the number of samples in [ref - range, ref]."""
-        e = self.index(ref)
+        """For every series and step: the window's first bucket a, its end bucket e (from ref on), whether a
+        sample sits exactly on ref and its value, and the number of samples in [ref - range, ref]."""
+        e = self.at(ref)
         a = e - range_ms // self.width
         edge_ok, edge_v = self.edge(e, ref)
         counted = np.concatenate(([0.0], np.cumsum(self.count)))  # whole numbers: exact
         return a, e, edge_ok, edge_v, counted[e] - counted[a] + edge_ok
+
+
+def _windows_reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """`_window_reduce` for (series, steps) arrays of flat window bounds."""
+    return _window_reduce(ufunc, values, lo.ravel(), hi.ravel()).reshape(lo.shape)
+
+
+def _sparse_windows_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """`_sparse_window_sum` for (series, steps) arrays of flat window bounds."""
+    return _sparse_window_sum(values, lo.ravel(), hi.ravel()).reshape(lo.shape)
 
 
 def _bucketed_over_time(kind: str):
@@ -521,9 +544,9 @@ def _bucketed_over_time(kind: str):
             return np.where(edge_ok, edge_v, b.last[b.prev[e - 1]]), ok
         if kind in ("min", "max"):
             ufunc = np.minimum if kind == "min" else np.maximum
-            inside = _window_reduce(ufunc, b.min if kind == "min" else b.max, a, e)
+            inside = _windows_reduce(ufunc, b.min if kind == "min" else b.max, a, e)
             return np.where(edge_ok, ufunc(inside, edge_v), inside), ok
-        total = _window_reduce(np.add, b.sum, a, e) + np.where(edge_ok, edge_v, 0.0)
+        total = _windows_reduce(np.add, b.sum, a, e) + np.where(edge_ok, edge_v, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (total / n if kind == "avg" else total), ok
 
@@ -537,25 +560,23 @@ def _bucketed_rate(is_counter: bool, is_rate: bool):
 
     def fn(b: _Buckets, ref: np.ndarray, range_ms: int):
         a, e, edge_ok, edge_v, n = b.window(ref, range_ms)
-        ok = n >= 2
-        out = np.zeros(len(ref))
-        if not ok.any():
-            return out, ok
-        a, e, edge_ok, edge_v, n, ref = a[ok], e[ok], edge_ok[ok], edge_v[ok], n[ok], ref[ok]
-        fi = b.next[a]  # before e: two samples in the window put one before its end
+        ok = n >= 2  # then a sample lies before the end: fi < e and li >= a
+        fi = np.minimum(b.next[a], e)
         li = b.prev[e - 1]
         first_v = b.first[fi]
         last_t = np.where(edge_ok, ref, b.last_ts[li])
         result = np.where(edge_ok, edge_v, b.last[li]) - first_v
         if is_counter:
-            before = np.concatenate(([-1], b.prev[:-1]))  # the newest non-empty bucket before each bucket
+            before = np.concatenate(([-1], b.prev[:-1]))
+            before[b.series_start.ravel()] = -1  # the newest non-empty bucket before each bucket, in its series
             across = np.where((b.count > 0) & (before >= 0) & (b.first < b.last[before]), b.last[before], 0.0)
-            inner = _sparse_window_sum(b.resets, a, e)
-            between = _sparse_window_sum(across, np.minimum(fi + 1, e), e)
+            inner = _sparse_windows_sum(b.resets, a, e)
+            between = _sparse_windows_sum(across, np.minimum(fi + 1, e), e)
             to_end = np.where(edge_ok & (edge_v < b.last[li]), b.last[li], 0.0)
             result = result + inner + between + to_end
-        out[ok] = _extrapolate(result, b.first_ts[fi], last_t, first_v, n, ref, range_ms, is_counter, is_rate)
-        return out, ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = _extrapolate(result, b.first_ts[fi], last_t, first_v, n, ref, range_ms, is_counter, is_rate)
+        return np.where(ok, out, 0.0), ok
 
     return fn
 

@@ -1180,8 +1180,9 @@ class ReadView:
     def _matching(self, selector: Selector) -> Iterator[tuple[int, Series, list[tuple[np.ndarray, np.ndarray]]]]:
         if self._conn is None:
             raise StoreError("ReadView reads only inside run()")
+        name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
         for sid, series in self._series:
-            if selector.matches(series):
+            if (name is None or series.metric == name) and selector.matches(series):
                 yield sid, series, [(t, v) for t, v in self._heads.get(sid, ()) if len(t)]
 
     def read(self, selector: Selector, start_ms: int, end_ms: int) -> Iterator[SeriesData]:

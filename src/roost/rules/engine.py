@@ -610,6 +610,8 @@ class RuleEngine:
         for rt in list(self.runtimes.values()):
             await self.disarm(rt, undo=False)  # stopping the hub leaves the house as it is
         self.flush()
+        if self.state is not None:
+            self.state.close()  # the last states written before the hub goes
         assert self._group is not None
         for task in list(self._group._tasks):
             task.cancel()
@@ -951,11 +953,7 @@ class RuleEngine:
                 continue
             state = rt.state()
             self._saved[name] = state
-            try:
-                self.state.save(name, state)
-            except OSError as err:
-                log.warning("%s: cannot save the state of rule %s: %s", self.state.directory, name, err)
-                self._dirty.add(name)
+            self.state.save_soon(name, state)  # written by a worker thread: the loop never waits for the disk
 
     async def _save_periodically(self) -> None:
         while True:

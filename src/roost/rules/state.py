@@ -5,6 +5,10 @@ renamed over) whenever a promise changes: a timer started, fired or cancelled, a
 broken, a While rule coming into effect or ending, the next time of a time trigger, a setting, `enabled`.
 One file per rule keeps a write small (a few hundred bytes: the hub runs on SD cards) however many rules
 there are. The former single `rules-state.json` (enabled, last run, settings) is read once as a fallback.
+
+The hub saves through `save_soon`: the files are written by a worker thread, in order, the latest state of
+each rule once. On the event loop the writes held every rule's reaction for the disk (open, fsync and rename
+on an SD card take milliseconds, at times tens of them), once per event in bench/rules.py.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 import logging
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,9 @@ class RuleStateStore:
         self.directory = directory
         self.bytes_written = 0  # for bench/rules_restart.py
         self.writes = 0
+        self._pending: dict[str, dict[str, Any]] = {}  # rule name → the latest state not yet written
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="rules-state")
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Every rule's saved state by rule name (unreadable files are logged and skipped)."""
@@ -71,6 +80,28 @@ class RuleStateStore:
         os.replace(tmp, path)
         self.bytes_written += len(body)
         self.writes += 1
+
+
+    def save_soon(self, name: str, state: dict[str, Any]) -> None:
+        """`save` in the worker thread (at once if it is idle); a newer state of the rule replaces a waiting one."""
+        with self._lock:
+            idle = not self._pending
+            self._pending[name] = state
+        if idle:
+            self._writer.submit(self._save_pending)
+
+    def _save_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for name, state in pending.items():
+            try:
+                self.save(name, state)
+            except (OSError, ValueError) as err:
+                log.warning("%s: cannot save the state of rule %s: %s", self.directory, name, err)
+
+    def close(self) -> None:
+        """Wait until every state handed to `save_soon` is written."""
+        self._writer.shutdown(wait=True)
 
 
 def read_saved(data: Path) -> dict[str, dict[str, Any]]:

@@ -202,6 +202,37 @@ async def test_a_hold_whose_readings_stopped_long_ago_is_looked_for_further_back
         assert alarm["count"] == 1
 
 
+async def test_thresholds_on_one_metric_are_judged_together_each_on_its_own_series(tmp_path):
+    """At start the thresholds on one metric share one read of the store; each still sees only its series."""
+    alarms = [FakeThing(f"Alarm {room}", count=0) for room in ("lounge", "hall", "attic")]
+
+    def alarm_rule(room, limit):
+        class Rule_(Rule):
+            def register_triggers(self):
+                return (Threshold(f'temperature_celsius{{room="{room}"}} > {limit} for 10m'),)
+
+            def action(self, *args):
+                alarm = getattr(self, f"Alarm_{room}")
+                alarm.count = alarm.count + 1
+
+        Rule_.__name__ = f"Hot{room.title()}"
+        return Rule_
+
+    def history(selector, lo, hi):
+        for room, values in (("lounge", [26, 26, 26]), ("hall", [26, 24, 26]), ("attic", [30, 30, 30])):
+            series = Series.of("temperature_celsius", room=room)
+            if selector.matches(series):
+                ts = np.array([int(utc(f"2024-03-06 11:{m}").timestamp() * 1000) for m in ("45", "50", "59")])
+                keep = (ts >= lo) & (ts < hi)
+                yield SeriesData(series, ts[keep], np.array(values, dtype=float)[keep])
+
+    async with RuleHarness(alarm_rule("lounge", 25), alarm_rule("hall", 25), alarm_rule("attic", 35),
+                           things=alarms, start=utc("2024-03-06 12:00"), history=history, state_dir=tmp_path) as house:
+        assert [a["count"] for a in alarms] == [1, 0, 0]  # the hall's hold began at 11:59, the attic is not > 35
+        await house.clock.advance("9m")
+        assert [a["count"] for a in alarms] == [1, 1, 0]
+
+
 # ------------------------------------------------------------------ While rules
 
 

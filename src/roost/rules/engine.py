@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from roost.bus import Bus
@@ -626,10 +627,15 @@ class RuleEngine:
 
     async def load_directory(self, directory: Path) -> list[str]:
         """Load (or reload) every rule in `directory`; returns the problems, each naming file and line."""
+        started = time.perf_counter()
         self.directory = directory
         self._files = files_state(directory)
         sources, problems = load_directory(directory)
-        return problems + await self.load(sources)
+        problems += await self.load(sources)
+        timers = sum(1 for rt in self.runtimes.values() for t in rt.timers.values() if t.task is not None)
+        log.info("rules: %d of %d armed in %.0f ms; %d timer(s) re-armed", sum(rt.armed for rt in self.runtimes.values()),
+                 len(self.runtimes), (time.perf_counter() - started) * 1000, timers)
+        return problems
 
     async def load(self, sources: Iterable[RuleSource], *, files: Iterable[Path] | None = None) -> list[str]:
         """Replace the running rules with these — all of them, or (`files`) only those written in these files.
@@ -650,6 +656,7 @@ class RuleEngine:
             self.registry.remove(rt.thing_id)
             previous_state[rt.name] = rt.state()
         problems = []
+        started: list[RuleRuntime] = []
         for source in sources:
             rt = RuleRuntime(self, source)
             if rt.name in self.runtimes:
@@ -659,10 +666,16 @@ class RuleEngine:
             rt.restore(previous_state.get(rt.name) or self._saved.get(rt.name, {}))
             self.runtimes[rt.name] = rt
             if rt.enabled:
-                problem = await self.arm(rt)
+                problem = self._start(rt)
                 if problem:
                     problems.append(problem)
+                if rt.armed:
+                    started.append(rt)
             self.registry.add(rt.make_thing())
+        self._replay_all(started)
+        for rt in started:
+            if rt.armed:
+                self._settle(rt)
         for name in old:
             if name not in self.runtimes:
                 self._saved[name] = previous_state[name]  # a rule taken out, perhaps to come back
@@ -726,6 +739,14 @@ class RuleEngine:
 
     async def arm(self, rt: RuleRuntime, *, quiet: bool = False) -> str | None:
         """Start a rule's triggers; returns the problem instead when it cannot start."""
+        problem = self._start(rt, quiet=quiet)
+        if rt.armed:
+            self._replay_all([rt])
+            self._settle(rt)
+        return problem
+
+    def _start(self, rt: RuleRuntime, *, quiet: bool = False) -> str | None:
+        """Arm a rule up to judging its thresholds from the store (`_replay_all`) and its condition (`_settle`)."""
         if rt.armed:
             return None
         try:
@@ -776,9 +797,10 @@ class RuleEngine:
                 rt.spawn(result)
         except Exception as err:
             rt._failed("initial_state", err)
-        for trigger in rt.triggers:
-            if isinstance(trigger, Threshold):
-                self._replay(rt, trigger)
+        return None
+
+    def _settle(self, rt: RuleRuntime) -> None:
+        """After the replay: an If rule learns its condition, a While rule comes into effect or is undone."""
         if rt.mode != "while" and rt.active:  # saved by a former While version of the rule
             rt.active, rt.undo = False, {}
             rt.persist()
@@ -793,30 +815,67 @@ class RuleEngine:
                 rt.fire(rt.triggers[0] if rt.triggers else Trigger(), None, None, None)
             elif holds is False and rt.active:
                 rt.fire(rt.triggers[0], None, None, None)
-        return None
 
-    def _replay(self, rt: RuleRuntime, trigger: Threshold) -> None:
-        """Judge a threshold from the stored readings: a hold that began before a restart counts from when it
-        began, a series that fired and was not broken since does not fire again."""
+    def _replay_all(self, runtimes: Iterable[RuleRuntime]) -> None:
+        """Judge the thresholds of these rules from the stored readings; the thresholds on one metric share one
+        read of its series (at start, 500 rules on one metric are one read, not 500 scans of every series)."""
         if self.history is None:
             return
+        by_metric: dict[str | None, list[tuple[RuleRuntime, Threshold]]] = {}
+        for rt in runtimes:
+            for trigger in rt.triggers:
+                if isinstance(trigger, Threshold) and rt.armed:
+                    by_metric.setdefault(trigger.metric, []).append((rt, trigger))
         now = int(self.clock.now().timestamp() * 1000)
+        for metric, group in by_metric.items():
+            if metric is None or len(group) == 1:
+                for rt, trigger in group:
+                    self._replay(rt, trigger, now)
+                continue
+            lo = min(min([now - t.for_ms - _THRESHOLD_LOOKBACK_MS, *t.fired.values()]) for _, t in group)
+            try:
+                found = [(d.series, d.ts, d.values) for d in self.history(Selector.parse(metric), lo, now + 1)]
+            except Exception as err:
+                log.warning("rules: cannot read the history of %s: %s", metric, err)
+                continue
+            matching: dict[int, list[tuple[Series, Any, Any]]] = {id(t): [] for _, t in group}
+            for data, triggers in _dispatch(found, [t for _, t in group]):
+                for trigger in triggers:
+                    matching[id(trigger)].append(data)
+            for rt, trigger in group:
+                self._replay(rt, trigger, now, matching[id(trigger)])
+
+    def _replay(self, rt: RuleRuntime, trigger: Threshold, now: int, shared: list | None = None) -> None:
+        """Judge a threshold from the stored readings: a hold that began before a restart counts from when it
+        began, a series that fired and was not broken since does not fire again. `shared`: the readings of
+        the threshold's metric, read far enough back already."""
         span = trigger.for_ms + _THRESHOLD_LOOKBACK_MS
         try:
             while True:
                 lo = min([now - span, *trigger.fired.values()])
-                found = list(self.history(trigger.selector, lo, now + 1))
-                # A series whose first reading here already meets the condition, too recently for its hold to be
-                # over, may have begun its hold further back (readings missing for a while): look further back.
-                if span >= _THRESHOLD_LOOKBACK_MAX_MS or not any(
-                    len(d.ts) and trigger.complies(float(d.values[0])) and int(d.ts[0]) + trigger.for_ms > now
-                    and str(d.series) not in trigger.fired for d in found
-                ):
+                if shared is None:
+                    found = [(d.series, d.ts, d.values) for d in self.history(trigger.selector, lo, now + 1)]
+                else:  # the series this threshold matches, read from at most `lo`
+                    found = [(series, ts[ts >= lo], values[ts >= lo]) for series, ts, values in shared]
+                # Only the readings from each series' last break on tell its state now (holds that ended in the
+                # past are history, not something to act on). A series with no break here, whose first reading is
+                # too recent for its hold to be over, may have begun its hold further back (readings missing for
+                # a while, a long outage): look further back.
+                runs = []
+                deeper = False
+                for series, ts, values in found:
+                    breaks = np.flatnonzero(~np.asarray(trigger.complies(values), dtype=bool)) if len(ts) else ()
+                    if len(ts) and not len(breaks) and int(ts[0]) + trigger.for_ms > now and str(series) not in trigger.fired:
+                        deeper = True
+                    first = int(breaks[-1]) if len(breaks) else 0
+                    runs.append((series, ts[first:], values[first:]))
+                if not deeper or span >= _THRESHOLD_LOOKBACK_MAX_MS:
                     break
                 span = min(span * 4, _THRESHOLD_LOOKBACK_MAX_MS)
-            for data in found:
-                for ts, value in zip(data.ts.tolist(), data.values.tolist()):
-                    trigger.observe(Reading(data.series, int(ts), float(value)), rt)
+                shared = None
+            for series, ts, values in runs:
+                for t, value in zip(ts.tolist(), values.tolist()):
+                    trigger.observe(Reading(series, int(t), float(value)), rt)
         except Exception as err:
             log.warning("rule %s: cannot read the history of %s: %s", rt.name, trigger.selector.text, err)
 
@@ -968,6 +1027,25 @@ async def _guarded(rt: RuleRuntime, awaitable: Any, what: str) -> None:
         raise
     except Exception as err:
         rt._failed(what, err)
+
+
+def _dispatch(found: list[tuple[Series, Any, Any]], triggers: list[Threshold]):
+    """Each series' data with the thresholds matching it. Thresholds are indexed by one label they require
+    (`room="lounge"`), so each series is matched against the few that may want it, not against all."""
+    anchored: dict[str, dict[str, list[Threshold]]] = {}
+    loose: list[Threshold] = []
+    for trigger in triggers:
+        anchor = next((m for m in trigger.selector.matchers if m.name != "__name__" and m.op == "="), None)
+        if anchor is None:
+            loose.append(trigger)
+        else:
+            anchored.setdefault(anchor.name, {}).setdefault(anchor.value, []).append(trigger)
+    for data in found:
+        labels = data[0].label_dict
+        candidates = list(loose)
+        for name, by_value in anchored.items():
+            candidates += by_value.get(labels.get(name, ""), ())
+        yield data, [t for t in candidates if t.selector.matches(data[0])]
 
 
 def _resolved(path: Path | None) -> Path | None:

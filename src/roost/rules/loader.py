@@ -76,7 +76,10 @@ def load_file(path: Path) -> tuple[list[RuleSource], list[str]]:
     except Exception as err:
         sys.modules.pop(module.__name__, None)
         return [], [f"{where}:{error_line(err, path, 1)}: {type(err).__name__}: {err}"]
-    lines = {node.name: node.lineno for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    lines = {node.name: node.lineno for node in tree.body if isinstance(node, ast.ClassDef)}
+    if any(isinstance(v, type) and v.__module__ == module.__name__ and v.__name__ not in lines
+           for v in module.__dict__.values()):  # a class defined inside a block
+        lines = {node.name: node.lineno for node in ast.walk(tree) if isinstance(node, ast.ClassDef)} | lines
     found = [
         RuleSource(value, path, lines.get(value.__name__, 1))
         for value in module.__dict__.values()

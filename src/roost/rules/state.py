@@ -99,6 +99,10 @@ class RuleStateStore:
             except (OSError, ValueError) as err:
                 log.warning("%s: cannot save the state of rule %s: %s", self.directory, name, err)
 
+    def drain(self) -> None:
+        """Wait until every state handed to `save_soon` so far is written (the worker keeps running)."""
+        self._writer.submit(lambda: None).result()
+
     def close(self) -> None:
         """Wait until every state handed to `save_soon` is written."""
         self._writer.shutdown(wait=True)

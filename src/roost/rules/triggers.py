@@ -479,8 +479,8 @@ class Threshold(Trigger):
             held.timer.cancel()
             held.timer = None
         key = str(reading.series)
-        if key in self.fired and self.fired[key] < reading.ts_ms:
-            del self.fired[key]  # broken after it fired (a break before is history the replay passes over)
+        if key in self.fired and self.fired[key] <= reading.ts_ms:
+            del self.fired[key]  # broken since it fired (a break before is history the replay passes over)
             ctx.persist()
         if held.fired:
             held.fired = False

@@ -635,3 +635,44 @@ async def test_a_while_rule_in_effect_when_the_hub_was_killed_still_undoes_its_a
         if hub is not None:
             hub.kill(9)
         broker.stop()
+
+
+def test_editing_one_rule_file_of_a_running_hub_keeps_another_rules_pending_timer(tmp_path):
+    import time
+
+    from conftest import HubProcess
+
+    config = real_hub_setup(tmp_path, '''
+
+        class Boost(Rule):
+            """Marks a boost request and, 6 seconds later, its end."""
+
+            def register_triggers(self):
+                return (Threshold('boost_requested{room="test"} > 0'),)
+
+            def action(self, *args):
+                mark("boost")
+                self.after("6s", self.over)
+
+            def over(self):
+                mark("over")
+    ''')
+    other = tmp_path / "rules" / "other.py"
+    other.write_text(textwrap.dedent(OTHER_FILE.replace("VERSION", "1")))
+    data = tmp_path / "data"
+    hub = HubProcess(data, "-c", str(config))
+    try:
+        push(hub, "boost_requested,room=test value=1\n")
+        boosted = wait_until(lambda: marks(tmp_path / "marks").get("boost"), "the boost rule ran")[0]
+        other.write_text(textwrap.dedent(OTHER_FILE.replace("VERSION", "two")))
+        log = Path(hub.log.name)
+        wait_until(lambda: "rules: reloaded other.py (Other)" in log.read_text(), "the edited file reloaded")
+        assert time.time() < boosted + 6, "the reload came too late for this test to mean anything"
+        wait_until(lambda: marks(tmp_path / "marks").get("over"), "the timer")
+        time.sleep(1)
+    finally:
+        hub.kill(9)
+    seen = marks(tmp_path / "marks")
+    assert (len(seen["boost"]), len(seen["over"])) == (1, 1)
+    assert abs(seen["over"][0] - (boosted + 6)) < 1.0
+    assert "rules: reloaded other.py (Other)" in log.read_text() and "rules: 2 of 2 armed" in log.read_text()

@@ -27,9 +27,9 @@ from typing import Protocol
 
 import numpy as np
 
+from roost.model import Series
 from roost.promql import ast
 from roost.promql.errors import BadData, ExecutionError
-from roost.model import Series
 from roost.selector import Selector
 from roost.store import WIDTHS_MS, SeriesData, Summary
 

@@ -23,10 +23,17 @@ from roost.things import PropertySpec, Thing, ThingRegistry
 
 def add_rule_commands(add) -> None:
     """Register the subcommands with `add(name, help, description, epilog)` of roost.cli.build_parser."""
-    p = add("rules", "list the rules", "List the rules of [rules] directory: each one's sentence, whether it is "
-            "enabled and when it last ran (from the running hub, else from the state the hub saved in --data).",
-            "example:\n  roost rules list -c roost.toml")
-    p.add_argument("action", choices=["list"])
+    p = add("rules", "list the rules, or preview one against history",
+            "list: the rules of [rules] directory: each one's sentence, whether it is enabled and when it last ran "
+            "(from the running hub, else from the state the hub saved in --data).\n"
+            "preview RULE: what the rule would have done over the stored readings of --since (on the test clock, "
+            "its things stand-ins: nothing is actuated), as a timeline.",
+            "examples:\n  roost rules list -c roost.toml\n  roost rules preview WakeUp --since 7d -c roost.toml\n"
+            "  roost rules preview Hot --since 2d --format json")
+    p.add_argument("action", choices=["list", "preview"])
+    p.add_argument("rule", nargs="?", help="preview: the rule's class name")
+    p.add_argument("--since", default="7d", metavar="DURATION", help="preview: how far back (default 7d)")
+    p.add_argument("--format", default="table", choices=["table", "json"], help="preview: the timeline's format")
     p.set_defaults(func=cmd_rules)
 
 
@@ -38,8 +45,11 @@ def _get(url: str, tls: ssl.SSLContext | None):
     return urllib.request.urlopen(request, timeout=1.5, context=tls)
 
 
-def _hub_things(url: str, tls: ssl.SSLContext | None = None) -> tuple[ThingRegistry | None, dict[str, dict[str, Any]]]:
-    """The things of a hub running at `url` as a registry (None when no hub answers), and their values."""
+def _hub_things(
+    url: str, tls: ssl.SSLContext | None = None, *, values: bool = False,
+) -> tuple[ThingRegistry | None, dict[str, dict[str, Any]]]:
+    """The things of a hub running at `url` as a registry (None when no hub answers), and the values of its rules'
+    things (with `values`, of every thing, also set on the registry's things)."""
     try:
         with _get(f"{url}/things", tls) as response:
             descriptions = json.loads(response.read())
@@ -51,7 +61,7 @@ def _hub_things(url: str, tls: ssl.SSLContext | None = None) -> tuple[ThingRegis
     except (OSError, ValueError):
         return None, {}
     registry = ThingRegistry()
-    values: dict[str, dict[str, Any]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for d in descriptions if isinstance(descriptions, list) else []:
         thing_id = str(d.get("id", "")).rstrip("/").rsplit("/", 1)[-1]
         properties = {
@@ -60,14 +70,16 @@ def _hub_things(url: str, tls: ssl.SSLContext | None = None) -> tuple[ThingRegis
                                enum=tuple(p["enum"]) if "enum" in p else None)
             for name, p in (d.get("properties") or {}).items()
         }
-        registry.add(Thing(id=thing_id, title=d.get("title", thing_id), properties=properties))
-        if thing_id.startswith("rule-"):
+        thing = registry.add(Thing(id=thing_id, title=d.get("title", thing_id), properties=properties))
+        if thing_id.startswith("rule-") or values:
             try:
                 with _get(f"{url}/things/{thing_id}/properties", tls) as response:
-                    values[thing_id] = json.loads(response.read())
+                    found[thing_id] = json.loads(response.read())
             except (OSError, ValueError):
-                pass
-    return registry, values
+                continue
+            if values and isinstance(found[thing_id], dict):
+                thing.values.update({k: v for k, v in found[thing_id].items() if k in properties})
+    return registry, found
 
 
 def check(settings) -> tuple[list[str], list[str]]:
@@ -110,6 +122,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
     if directory is None:
         raise ConfigError("no rules directory: set [rules] directory in the config (-c FILE)")
     sources, problems = load_directory(directory)
+    if args.action == "preview":
+        return _preview(args, settings, sources, problems)
     registry, live = _hub_things(_hub_url(settings), _tls(settings))
     runtimes, trouble = check_rules(sources, registry, settings.rules.place())
     saved = read_saved(settings.hub.data)
@@ -123,3 +137,53 @@ def cmd_rules(args: argparse.Namespace) -> int:
     if not runtimes and not problems:
         print(f"{display(directory)}: no rules", file=sys.stderr)
     return 1 if problems or trouble else 0
+
+
+def _preview(args: argparse.Namespace, settings, sources, problems: list[str]) -> int:
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    from roost.cli import _open_reader
+    from roost.durations import parse_duration_ms
+    from roost.errors import ConfigError
+    from roost.rules.preview import preview
+    from roost.rules.proxy import did_you_mean
+
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    by_name = {s.cls.__name__: s for s in sources}
+    if not args.rule:
+        raise ConfigError("roost rules preview RULE: name the rule (its class name; `roost rules list` shows them)")
+    source = by_name.get(args.rule)
+    if source is None:
+        raise ConfigError(f"no rule named {args.rule!r}{did_you_mean(args.rule, sorted(by_name))}")
+    try:
+        since = timedelta(milliseconds=parse_duration_ms(args.since))
+    except ValueError as err:
+        raise ConfigError(f"--since: {err}") from None
+    registry, live = _hub_things(_hub_url(settings), _tls(settings), values=True)
+    store = _open_reader(settings)
+    end = datetime.now(timezone.utc)
+    place = settings.rules.place()
+    try:
+        steps, notes = asyncio.run(preview(source, things=list(registry) if registry is not None else None, history=store.read,
+                                           start=end - since, end=end, place=place,
+                                           properties=live.get(f"rule-{args.rule}")))
+    finally:
+        store.close()
+    if registry is None:
+        notes.append(f"no hub answers at {_hub_url(settings)}: the rule's things start with no values")
+    if args.format == "json":
+        print(json.dumps({"rule": args.rule, "sentence": sources and source.cls.__doc__ and
+                          source.cls.__doc__.strip().splitlines()[0] or args.rule,
+                          "start": (end - since).isoformat(timespec="seconds"), "end": end.isoformat(timespec="seconds"),
+                          "steps": [s.as_json() for s in steps], "notes": notes}, indent=2))
+    else:
+        for step in steps:
+            local = place.local(step.at).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{local}  {step.trigger:<32}  {step.action:<32}  {step.sentence}")
+        if not steps:
+            print(f"{args.rule}: did nothing between {place.local(end - since):%Y-%m-%d %H:%M} and {place.local(end):%Y-%m-%d %H:%M}")
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    return 1 if problems else 0

@@ -91,6 +91,7 @@ class RuleRuntime:
         self.promises: dict[str, datetime] = {}  # time trigger → when it is due next
         self.fired: dict[str, dict[str, int]] = {}  # threshold → series that fired and were not broken since
         self._trigger_keys: dict[int, str] = {}
+        self._firing: Trigger | None = None
         self._proxies: dict[str, ThingProxy] = {}
         self._pending: dict[tuple[str, str], list[Any]] = {}  # key → [value, writes in flight]
         self._queue: asyncio.Queue[tuple[Thing, str, Any]] | None = None
@@ -203,6 +204,7 @@ class RuleRuntime:
         del self.timers[name]
         self.persist()  # saved before acting: a crash in the action does not run it twice
         method = getattr(self.rule, name)
+        self.engine.trace(self, f"timer {name}()", "act")
         self.last_run = self.clock.now()
         self.runs_total += 1
         self.engine.note_run(self)
@@ -300,6 +302,7 @@ class RuleRuntime:
     def fire(self, trigger: Trigger, subject: Any, name: str | None, value: Any, *, release: bool = False) -> None:
         if not self.armed:
             return
+        self._firing = trigger
         if self.mode == "every":
             if not release:
                 self._act(subject, name, value)
@@ -323,6 +326,7 @@ class RuleRuntime:
         elif not holds and self.active:
             self._stop_action()
             self.active = False
+            self.engine.trace(self, trigger, "undo")
             self._restore()
             self.persist()
 
@@ -333,6 +337,7 @@ class RuleRuntime:
         return bool(self.rule.condition())
 
     def _act(self, subject: Any, name: str | None, value: Any) -> None:
+        self.engine.trace(self, self._firing, "act")
         self.last_run = self.clock.now()
         self.runs_total += 1
         self.engine.note_run(self)
@@ -594,6 +599,7 @@ class RuleEngine:
         self._dirty: set[str] = set()  # rules whose state changed since it was last saved
         self._flush_soon = False
         self._files: dict[str, tuple[int, int]] = {}
+        self.tracer: Callable[[RuleRuntime, Trigger | str | None, str], None] | None = None  # for previews
 
     # ------------------------------------------------------------------ lifetime
 
@@ -944,6 +950,11 @@ class RuleEngine:
         if rt.thing_id in self.registry:
             self.registry.report(rt.thing_id, "enabled", rt.enabled, origin="rules")
         self.persist(rt)
+
+    def trace(self, rt: RuleRuntime, cause: Trigger | str | None, what: str) -> None:
+        """Tell the tracer (a preview) that a rule acts ("act") or undoes ("undo") because of `cause`."""
+        if self.tracer is not None:
+            self.tracer(rt, cause, what)
 
     def note_run(self, rt: RuleRuntime) -> None:
         if rt.thing_id in self.registry:

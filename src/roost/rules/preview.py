@@ -1,0 +1,149 @@
+"""What a rule would have done: the stored readings replayed through it on the test clock, nothing actuated.
+
+    roost rules preview WakeUp --since 7d
+
+The rule runs on the real engine (`roost.testing.RuleHarness`) from the start of the range, its thresholds
+judged from the store as at a hub's start, its time and sun triggers firing as the clock moves, and the stored
+readings its thresholds watch published at their own timestamps. Its things are stand-ins holding the hub's
+current values (when a hub answers) that record what the rule asks of them instead of doing it. Thing changes
+are not in the store, so triggers on things never fire in a preview.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from roost.model import Reading
+from roost.rules.clock import Place
+from roost.rules.english import _value
+from roost.rules.loader import RuleSource
+from roost.rules.triggers import ThingTrigger, Threshold, Trigger
+from roost.things import Thing
+
+__all__ = ["Step", "preview"]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One thing the rule did: when, because of what, and what (`action`, and as an English `sentence`)."""
+
+    at: datetime
+    trigger: str
+    action: str
+    sentence: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"at": self.at.isoformat(timespec="milliseconds"), "trigger": self.trigger, "action": self.action,
+                "sentence": self.sentence}
+
+
+def _effect(title: str, name: str, value: Any) -> str:
+    if name == "on" and isinstance(value, bool):
+        return f"turn {'on' if value else 'off'} {title}"
+    return f"set {name} of {title} to {_value(value)}"
+
+
+def _named_things(cls: type) -> set[str]:
+    """The things a rule's code names (`self.Porch_Light`): attributes of `self` it reads but neither defines
+    nor assigns. For a preview without a hub, whose things are not known."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return set()
+    read, assigned = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            (assigned if isinstance(node.ctx, ast.Store) else read).add(node.attr)
+    return {name for name in read - assigned if not name.startswith("_") and not hasattr(cls, name)}
+
+
+def _cause(cause: Trigger | str | None) -> str:
+    if cause is None:
+        return "start"
+    return cause if isinstance(cause, str) else cause.describe()
+
+
+async def preview(
+    source: RuleSource,
+    *,
+    things: Iterable[Thing] | None,
+    history: Callable[..., Iterable[Any]],
+    start: datetime,
+    end: datetime,
+    place: Place,
+    properties: dict[str, Any] | None = None,
+) -> tuple[list[Step], list[str]]:
+    """The timeline of what the rule would have done between `start` and `end`, and notes on what a preview
+    cannot show. `history` is a store's `read`; `things` the hub's things (their values now are the start's;
+    None: no hub answered, and the things the rule names start with no values and take any property);
+    `properties` the rule's settings as the hub has them (else their defaults)."""
+    from roost.testing import FakeThing, RuleHarness, settle
+
+    steps: list[Step] = []
+    causes: dict[str, str] = {}  # rule → what its current action runs for
+    harness: RuleHarness
+
+    def record(thing: FakeThing, name: str, value: Any) -> None:
+        cause = causes.get(source.cls.__name__, "start")
+        action = f"{thing.title}.{name} = {_value(value)}"
+        clause = _effect(thing.title, name, value)
+        steps.append(Step(harness.clock.now(), cause, action, f"{cause[0].upper()}{cause[1:]}: {clause}"))
+
+    class StandIn(FakeThing):
+        async def _write(self, name: str, value: Any) -> None:
+            record(self, name, value)
+
+    stand_ins = []
+    if things is None:
+        from roost.rules.engine import _AnyProperties
+
+        things = [Thing(id=name, title=name, properties=_AnyProperties()) for name in sorted(_named_things(source.cls))]
+    for thing in things:
+        if thing.id.startswith("rule-"):
+            continue
+        values = {name: value for name, value in thing.values.items() if name in thing.properties}
+        stand_in = StandIn(thing.title, id=thing.id, **values)
+        stand_in.properties = thing.properties  # also those with no value yet
+        stand_ins.append(stand_in)
+
+    harness = RuleHarness(source.cls, things=stand_ins, start=start, latitude=place.latitude,
+                          longitude=place.longitude, timezone=place.timezone, history=history)
+
+    def trace(rt, cause: Trigger | str | None, what: str) -> None:
+        text = _cause(cause)
+        causes[rt.name] = text if what == "act" else f"{text} no longer holds"
+
+    harness.engine.tracer = trace
+    if properties:
+        harness.engine._saved[source.cls.__name__] = {"properties": properties}  # as a restarted hub takes them
+    notes: list[str] = []
+    async with harness as house:
+        notes += house.problems
+        rt = house.engine.runtimes.get(source.cls.__name__)
+        if rt is None or not rt.armed:
+            return steps, notes or [f"{source.cls.__name__} could not be armed"]
+        if any(isinstance(t, ThingTrigger) for t in rt.triggers):
+            notes.append("thing changes are not stored: the triggers on things never fire in this preview")
+        thresholds = [t for t in rt.triggers if isinstance(t, Threshold)]
+        lo, hi = int(start.timestamp() * 1000) + 1, int(end.timestamp() * 1000) + 1
+        streams = []
+        for trigger in thresholds:
+            for data in history(trigger.selector, lo, hi):
+                streams.append([(int(ts), data.series, float(v)) for ts, v in zip(data.ts.tolist(), data.values.tolist())])
+        for ts, series, value in heapq.merge(*streams, key=lambda item: item[0]):
+            when = datetime.fromtimestamp(ts / 1000, timezone.utc)
+            if when > house.clock.now():
+                await house.clock.advance_to(when)
+            house.bus.publish(Reading(series, ts, value))
+            await settle()
+        if end > house.clock.now():
+            await house.clock.advance_to(end)
+    return steps, notes

@@ -1,0 +1,186 @@
+"""`roost rules preview`: the stored readings replayed through a rule give the timeline the live rule made."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from roost.model import Series
+from roost.rules import Rule, Threshold
+from roost.rules.clock import Place
+from roost.rules.loader import RuleSource
+from roost.rules.preview import preview
+from roost.store.engine import SeriesData
+from roost.testing import FakeThing, RuleHarness
+
+
+class CoolDown(Rule):
+    """When a room has been above 25 °C for 10 minutes, run the fan for 30 minutes."""
+
+    def register_triggers(self):
+        return (Threshold('temperature_celsius{room=~"lounge|hall"} > 25 for 10m'),)
+
+    def action(self, trigger, series, value):
+        self.Fan.on = True
+        self.Fan.speed = 3 if value > 28 else 1
+        self.after("30m", self.stop)
+
+    def stop(self):
+        self.Fan.on = False
+
+
+START = datetime(2024, 6, 7, 10, tzinfo=timezone.utc)
+
+
+def readings():
+    """Two rooms over four hours: the lounge hot twice (once too briefly), the hall once, very hot."""
+    out = []
+    for minute in range(0, 240, 2):
+        at = START + timedelta(minutes=minute)
+        lounge = 27.0 if 20 <= minute < 60 or 100 <= minute < 106 else 22.0
+        hall = 29.5 if 150 <= minute < 200 else 21.0
+        out += [(at, "lounge", lounge), (at, "hall", hall)]
+    return out
+
+
+def history(selector, lo, hi):
+    for room in ("lounge", "hall"):
+        series = Series.of("temperature_celsius", room=room)
+        if not selector.matches(series):
+            continue
+        points = [(int(at.timestamp() * 1000), v) for at, r, v in readings() if r == room]
+        ts = np.array([t for t, _ in points])
+        values = np.array([v for _, v in points])
+        keep = (ts >= lo) & (ts < hi)
+        if keep.any():
+            yield SeriesData(series, ts[keep], values[keep])
+
+
+async def test_the_preview_and_the_live_rule_agree_action_by_action():
+    live: list[tuple[datetime, str]] = []
+
+    class Recording(FakeThing):
+        async def _write(self, name, value):
+            live.append((house.clock.now(), f"Fan.{name} = {json.dumps(value)}"))
+
+    fan = Recording("Fan", on=False, speed=0)
+    async with RuleHarness(CoolDown, things=[fan], start=START - timedelta(minutes=1)) as house:
+        for at, room, value in readings():
+            await house.clock.advance_to(at)
+            await house.reading(f'temperature_celsius{{room="{room}"}}', value)
+        await house.clock.advance_to(START + timedelta(hours=5))
+
+    steps, notes = await preview(
+        RuleSource(CoolDown, None, 1), things=[FakeThing("Fan", on=False, speed=0)], history=history,
+        start=START - timedelta(minutes=1), end=START + timedelta(hours=5), place=Place(timezone="UTC"),
+    )
+    assert notes == []
+    assert [(s.at, s.action) for s in steps] == live
+    assert [(s.at.strftime("%H:%M"), s.trigger, s.action) for s in steps] == [
+        ("10:30", 'temperature_celsius{room=~"lounge|hall"} > 25 for 10m', "Fan.on = true"),
+        ("10:30", 'temperature_celsius{room=~"lounge|hall"} > 25 for 10m', "Fan.speed = 1"),
+        ("11:00", "timer stop()", "Fan.on = false"),
+        ("12:40", 'temperature_celsius{room=~"lounge|hall"} > 25 for 10m', "Fan.on = true"),
+        ("12:40", 'temperature_celsius{room=~"lounge|hall"} > 25 for 10m', "Fan.speed = 3"),
+        ("13:10", "timer stop()", "Fan.on = false"),
+    ]
+    assert steps[2].sentence == "Timer stop(): turn off Fan"
+    assert steps[4].sentence == 'Temperature_celsius{room=~"lounge|hall"} > 25 for 10m: set speed of Fan to 3'
+
+
+def test_roost_rules_preview_prints_the_timeline_from_the_store(tmp_path):
+    from conftest import run_roost
+
+    from roost.hub import store_options
+    from roost.config import load_config
+    from roost.model import Reading
+    from roost.store import Store
+
+    data = tmp_path / "data"
+    settings = load_config(None, data_dir=str(data))
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    began = now - timedelta(hours=3)
+    store = Store.open(data, store_options(settings), writer=True)
+    store.write([Reading(Series.of("temperature_celsius", room="lounge"), int((began + timedelta(minutes=m)).timestamp() * 1000),
+                         27.0 if m < 60 else 22.0) for m in range(0, 120)])
+    store.sync()
+    store.close()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "cool.py").write_text(textwrap.dedent('''
+        from roost.rules import Rule, Threshold
+
+        class CoolDown(Rule):
+            """Fan for 30 minutes when the lounge has been above 25 for 10 minutes."""
+
+            def register_triggers(self):
+                return (Threshold('temperature_celsius{room="lounge"} > 25 for 10m'),)
+
+            def action(self, *args):
+                self.Fan.on = True
+                self.after("30m", self.stop)
+
+            def stop(self):
+                self.Fan.on = False
+    '''))
+    config = tmp_path / "roost.toml"
+    config.write_text('[rules]\ndirectory = "rules"\ntimezone = "UTC"\n[hub]\nlisten = "127.0.0.1:9"\n')
+    proc = run_roost("rules", "preview", "CoolDown", "--since", "6h", "--format", "json", "-c", str(config),
+                     "--data", str(data), cwd=tmp_path)
+    out = json.loads(proc.stdout)
+    assert [(s["at"][:16], s["action"]) for s in out["steps"]] == [
+        ((began + timedelta(minutes=10)).isoformat()[:16], "Fan.on = true"),
+        ((began + timedelta(minutes=40)).isoformat()[:16], "Fan.on = false"),
+    ]
+    assert out["notes"] == ["no hub answers at http://127.0.0.1:9: the rule's things start with no values"]
+    proc = run_roost("rules", "preview", "CoolDown", "--since", "6h", "-c", str(config), "--data", str(data), cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].endswith("Timer stop(): turn off Fan")
+    proc = run_roost("rules", "preview", "Cooldown", "-c", str(config), "--data", str(data), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no rule named 'Cooldown' (did you mean \"CoolDown\"?)" in proc.stderr
+
+
+async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend():
+    from pathlib import Path
+
+    from roost.rules.loader import load_directory
+    from roost.rules.triggers import sun_event
+
+    sources, problems = load_directory(Path(__file__).resolve().parent.parent / "src" / "roost" / "demo" / "rules")
+    assert problems == []
+    by_name = {s.cls.__name__: s for s in sources}
+    berlin = Place(52.52, 13.405, "Europe/Berlin")
+    start, end = datetime(2024, 6, 7, 0, tzinfo=timezone.utc), datetime(2024, 6, 9, 0, tzinfo=timezone.utc)  # Fri, Sat
+
+    def things():
+        return [FakeThing("Lounge Lamp", on=False, brightness=60), FakeThing("Porch Light", on=False),
+                FakeThing("Kettle Plug", on=False)]
+
+    def local(step):
+        return berlin.local(step.at).strftime("%a %H:%M:%S")
+
+    steps, notes = await preview(by_name["WakeUp"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    assert notes == []
+    assert [(local(s), s.action) for s in steps[:3]] == [
+        ("Fri 06:30:00", "Lounge Lamp.brightness = 0"), ("Fri 06:30:00", "Lounge Lamp.on = true"),
+        ("Fri 06:30:12", "Lounge Lamp.brightness = 1"),
+    ]
+    assert (local(steps[101]), steps[101].action) == ("Fri 06:50:00", "Lounge Lamp.brightness = 100")
+    assert [(local(s), s.action) for s in steps[102:104]] == [
+        ("Sat 08:00:00", "Lounge Lamp.brightness = 0"), ("Sat 08:00:12", "Lounge Lamp.brightness = 1"),  # on already
+    ]
+    assert len(steps) == 102 + 101 and steps[0].sentence == "At 06:30 on weekdays: set brightness of Lounge Lamp to 0"
+
+    steps, notes = await preview(by_name["PorchLight"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    dusk = [sun_event("dusk", datetime(2024, 6, day).date(), berlin) for day in (7, 8)]
+    assert [(s.at, s.sentence) for s in steps] == [
+        (dusk[0], "At dusk: turn on Porch Light"), (datetime(2024, 6, 7, 21, tzinfo=timezone.utc), "At 23:00: turn off Porch Light"),
+        (dusk[1], "At dusk: turn on Porch Light"), (datetime(2024, 6, 8, 21, tzinfo=timezone.utc), "At 23:00: turn off Porch Light"),
+    ]
+    assert local(steps[0]).startswith("Fri 22:1")
+
+    steps, notes = await preview(by_name["BondedLights"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    assert steps == [] and notes == ["thing changes are not stored: the triggers on things never fire in this preview"]

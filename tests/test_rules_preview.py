@@ -73,11 +73,12 @@ async def test_the_preview_and_the_live_rule_agree_action_by_action():
             await house.reading(f'temperature_celsius{{room="{room}"}}', value)
         await house.clock.advance_to(START + timedelta(hours=5))
 
-    steps, notes = await preview(
+    result = await preview(
         RuleSource(CoolDown, None, 1), things=[FakeThing("Fan", on=False, speed=0)], history=history,
         start=START - timedelta(minutes=1), end=START + timedelta(hours=5), place=Place(timezone="UTC"),
     )
-    assert notes == []
+    steps, notes = result.steps, result.notes
+    assert notes == [] and result.sentence == CoolDown.__doc__
     assert [(s.at, s.action) for s in steps] == live
     assert [(s.at.strftime("%H:%M"), s.trigger, s.action) for s in steps] == [
         ("10:30", 'temperature_celsius{room=~"lounge|hall"} > 25 for 10m', "Fan.on = true"),
@@ -162,7 +163,8 @@ async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend()
     def local(step):
         return berlin.local(step.at).strftime("%a %H:%M:%S")
 
-    steps, notes = await preview(by_name["WakeUp"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    result = await preview(by_name["WakeUp"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    steps, notes = result.steps, result.notes
     assert notes == []
     assert [(local(s), s.action) for s in steps[:3]] == [
         ("Fri 06:30:00", "Lounge Lamp.brightness = 0"), ("Fri 06:30:00", "Lounge Lamp.on = true"),
@@ -174,7 +176,7 @@ async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend()
     ]
     assert len(steps) == 102 + 101 and steps[0].sentence == "At 06:30 on weekdays: set brightness of Lounge Lamp to 0"
 
-    steps, notes = await preview(by_name["PorchLight"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    steps = (await preview(by_name["PorchLight"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)).steps
     dusk = [sun_event("dusk", datetime(2024, 6, day).date(), berlin) for day in (7, 8)]
     assert [(s.at, s.sentence) for s in steps] == [
         (dusk[0], "At dusk: turn on Porch Light"), (datetime(2024, 6, 7, 21, tzinfo=timezone.utc), "At 23:00: turn off Porch Light"),
@@ -182,5 +184,60 @@ async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend()
     ]
     assert local(steps[0]).startswith("Fri 22:1")
 
-    steps, notes = await preview(by_name["BondedLights"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
-    assert steps == [] and notes == ["thing changes are not stored: the triggers on things never fire in this preview"]
+    result = await preview(by_name["BondedLights"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    assert result.steps == [] and result.notes == ["thing changes are not stored: the triggers on things never fire in this preview"]
+
+
+async def test_the_hub_answers_a_rules_preview_as_json(tmp_path):
+    from dataclasses import replace
+
+    import aiohttp
+    from conftest import hub_settings
+
+    from roost.hub import Hub
+    from roost.model import Reading
+    from roost.rules.settings import RulesSettings
+    from roost.things import PropertySpec, Thing
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "cool.py").write_text(textwrap.dedent('''
+        from roost.rules import Rule, Threshold
+
+        class CoolDown(Rule):
+            """Fan on when the lounge has been above 25 for 10 minutes."""
+
+            def register_triggers(self):
+                return (Threshold('temperature_celsius{room="lounge"} > 25 for 10m'),)
+
+            def action(self, *args):
+                self.Fan.on = True
+    '''))
+    settings = replace(hub_settings(tmp_path / "data"), rules=RulesSettings(directory=rules, timezone="UTC"))
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    began = now - timedelta(hours=2)
+    async with Hub(settings) as hub, aiohttp.ClientSession(base_url=hub.url) as http:
+        writes = []
+
+        async def actuate(name, value):
+            writes.append((name, value))
+
+        hub.things.add(Thing(id="fan", title="Fan", properties={"on": PropertySpec("on", "boolean")}, values={"on": False},
+                             actuator=actuate))
+        await hub.things.set("rule-CoolDown", "enabled", False)  # a disabled rule can be previewed too
+        await hub.ingest([Reading(Series.of("temperature_celsius", room="lounge"),
+                                  int((began + timedelta(minutes=m)).timestamp() * 1000), 27.0 if m < 30 else 20.0)
+                          for m in range(60)])
+        async with http.get("/api/rules/CoolDown/preview", params={"since": "3h"}) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["sentence"] == "Fan on when the lounge has been above 25 for 10 minutes."
+        assert [(s["at"][:19], s["action"], s["sentence"]) for s in body["steps"]] == [
+            ((began + timedelta(minutes=10)).isoformat()[:19], "Fan.on = true",
+             'Temperature_celsius{room="lounge"} > 25 for 10m: turn on Fan'),
+        ]
+        assert writes == [] and hub.things.get("fan").values["on"] is False  # nothing actuated
+        async with http.get("/api/rules/Cool/preview") as r:
+            assert r.status == 404 and (await r.json())["error"] == "no rule named 'Cool' (rules: CoolDown)"
+        async with http.get("/api/rules/CoolDown/preview", params={"since": "1y"}) as r:
+            assert r.status == 400

@@ -6,6 +6,7 @@ Routes:
   GET  /api/query              bucketed range query                      ?match=&start=&end=&since=&step=&agg=
   POST /write, /api/v2/write   Influx line protocol push (v1 and v2)     see sources/http_push.py
   GET  /metrics, /api/v1/...   Prometheus exposition, query API and remote write (roost.api.prometheus)
+  GET  /api/rules/NAME/preview  what a rule would have done over history   ?since=7d (roost.api.rules)
   GET  /healthz                liveness
   GET  /login, POST /logout    the dashboard's login with a token (roost.api.auth, docs/security.md)
 
@@ -24,6 +25,7 @@ from roost.api.dashboard import add_dashboard_routes
 from roost.api.limits import Limits
 from roost.api.prometheus import add_prometheus_routes
 from roost.api.responses import json_response
+from roost.api.rules import add_rule_routes
 from roost.api.things import add_thing_routes
 from roost.durability.replication import add_replication_routes
 from roost.durations import parse_duration_ms, parse_time_ms
@@ -59,6 +61,7 @@ def create_app(hub: Hub) -> web.Application:
     add_routes(app, hub)  # POST /write, /api/v2/write
     add_thing_routes(app, hub)  # the Web Thing API: /things..., docs/things.md
     add_prometheus_routes(app, hub)  # /metrics, /api/v1/query..., /api/v1/write
+    add_rule_routes(app, hub)  # /api/rules/NAME/preview, docs/rules.md
     app.router.add_get("/healthz", healthz)
     add_replication_routes(app, hub)  # /api/replication/{status,base,stream}, docs/durability.md
     return app

@@ -166,24 +166,22 @@ def _preview(args: argparse.Namespace, settings, sources, problems: list[str]) -
     end = datetime.now(timezone.utc)
     place = settings.rules.place()
     try:
-        steps, notes = asyncio.run(preview(source, things=list(registry) if registry is not None else None, history=store.read,
-                                           start=end - since, end=end, place=place,
-                                           properties=live.get(f"rule-{args.rule}")))
+        result = asyncio.run(preview(source, things=list(registry) if registry is not None else None, history=store.read,
+                                     start=end - since, end=end, place=place,
+                                     properties=live.get(f"rule-{args.rule}")))
     finally:
         store.close()
     if registry is None:
-        notes.append(f"no hub answers at {_hub_url(settings)}: the rule's things start with no values")
+        result.notes.append(f"no hub answers at {_hub_url(settings)}: the rule's things start with no values")
     if args.format == "json":
-        print(json.dumps({"rule": args.rule, "sentence": sources and source.cls.__doc__ and
-                          source.cls.__doc__.strip().splitlines()[0] or args.rule,
-                          "start": (end - since).isoformat(timespec="seconds"), "end": end.isoformat(timespec="seconds"),
-                          "steps": [s.as_json() for s in steps], "notes": notes}, indent=2))
+        print(json.dumps(result.as_json(), indent=2))
     else:
-        for step in steps:
+        for step in result.steps:
             local = place.local(step.at).strftime("%Y-%m-%d %H:%M:%S")
             print(f"{local}  {step.trigger:<32}  {step.action:<32}  {step.sentence}")
-        if not steps:
-            print(f"{args.rule}: did nothing between {place.local(end - since):%Y-%m-%d %H:%M} and {place.local(end):%Y-%m-%d %H:%M}")
-        for note in notes:
+        if not result.steps:
+            print(f"{args.rule}: did nothing between {place.local(result.start):%Y-%m-%d %H:%M} and "
+                  f"{place.local(end):%Y-%m-%d %H:%M}")
+        for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
     return 1 if problems else 0

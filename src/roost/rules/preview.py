@@ -24,7 +24,7 @@ from roost.rules.loader import RuleSource
 from roost.rules.triggers import ThingTrigger, Threshold, Trigger
 from roost.things import Thing
 
-__all__ = ["Step", "preview"]
+__all__ = ["Preview", "Step", "preview"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,23 @@ class Step:
     def as_json(self) -> dict[str, str]:
         return {"at": self.at.isoformat(timespec="milliseconds"), "trigger": self.trigger, "action": self.action,
                 "sentence": self.sentence}
+
+
+@dataclass(slots=True)
+class Preview:
+    """A rule's timeline over a range, and notes on what the preview could not show."""
+
+    rule: str
+    sentence: str
+    start: datetime
+    end: datetime
+    steps: list[Step]
+    notes: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "sentence": self.sentence, "start": self.start.isoformat(timespec="seconds"),
+                "end": self.end.isoformat(timespec="seconds"), "steps": [s.as_json() for s in self.steps],
+                "notes": self.notes}
 
 
 def _effect(title: str, name: str, value: Any) -> str:
@@ -80,7 +97,7 @@ async def preview(
     end: datetime,
     place: Place,
     properties: dict[str, Any] | None = None,
-) -> tuple[list[Step], list[str]]:
+) -> Preview:
     """The timeline of what the rule would have done between `start` and `end`, and notes on what a preview
     cannot show. `history` is a store's `read`; `things` the hub's things (their values now are the start's;
     None: no hub answered, and the things the rule names start with no values and take any property);
@@ -125,11 +142,12 @@ async def preview(
     if properties:
         harness.engine._saved[source.cls.__name__] = {"properties": properties}  # as a restarted hub takes them
     notes: list[str] = []
+    name = source.cls.__name__
     async with harness as house:
         notes += house.problems
-        rt = house.engine.runtimes.get(source.cls.__name__)
+        rt = house.engine.runtimes.get(name)
         if rt is None or not rt.armed:
-            return steps, notes or [f"{source.cls.__name__} could not be armed"]
+            return Preview(name, name, start, end, steps, notes or [f"{name} could not be armed"])
         if any(isinstance(t, ThingTrigger) for t in rt.triggers):
             notes.append("thing changes are not stored: the triggers on things never fire in this preview")
         thresholds = [t for t in rt.triggers if isinstance(t, Threshold)]
@@ -146,4 +164,4 @@ async def preview(
             await settle()
         if end > house.clock.now():
             await house.clock.advance_to(end)
-    return steps, notes
+    return Preview(name, rt.sentence, start, end, steps, notes)

@@ -274,3 +274,60 @@ def test_a_read_view_reads_in_a_worker_thread_what_was_stored_when_it_was_taken(
     assert hourly.rows[COUNT, 0] == 120 and hourly.rows[LAST, -1] == 5.0
     with pytest.raises(StoreError, match="inside run"):
         list(view.read(ALL_TEMPS, T0, T0 + DAY_MS))
+
+
+def test_reads_in_a_query_thread_stay_right_while_garbage_collection_rewrites_and_deletes_data_files(tmp_path, monkeypatch):
+    import threading
+
+    import roost.store.segments as segments
+
+    monkeypatch.setattr(segments, "FILE_LIMIT", 8_000)  # a data file per few chunks: every pass deletes several
+    pread = os.pread
+
+    def descheduled_pread(fd: int, length: int, offset: int) -> bytes:
+        time.sleep(0.0002)  # a reader may lose the CPU between taking a descriptor and reading through it
+        return pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", descheduled_pread)
+    ts = T0 + np.arange(0, 6 * DAY_MS, 60_000)
+    rooms = [Series.of("temperature_celsius", room=f"r{i}") for i in range(3)]
+    expected = {s: np.round(np.random.default_rng(i).normal(20, 1, len(ts)), 2) for i, s in enumerate(rooms)}
+    now = T0 + 10 * DAY_MS
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    reads = 0
+    with Store.open(tmp_path / "d", StoreOptions(cache_bytes=0), writer=True) as s:
+        for series, values in expected.items():
+            s.write_bulk(series, ts, values, now=now)
+        view = s.read_view()
+
+        def reader() -> None:
+            nonlocal reads
+            try:
+                while not stop.is_set():
+                    got = view.run(lambda v: {d.series: (d.ts, d.values) for d in v.read(ALL_TEMPS, T0, now)})
+                    for series, values in expected.items():
+                        assert got[series][0].tolist() == ts.tolist()
+                        assert got[series][1].tolist() == values.tolist()
+                    reads += 1
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        removed = 0
+        for _ in range(25):
+            if failures:
+                break
+            for series, values in expected.items():
+                s.write_bulk(series, ts, values, now=now)  # the same samples appended anew: the old bytes are garbage
+            removed += s.collect_garbage()
+        while not failures and reads < 20 and all(t.is_alive() for t in threads):
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join()
+    if failures:
+        raise failures[0]
+    assert removed >= 25 and reads >= 20

@@ -10,13 +10,17 @@ Rules that keep it crash-safe and safe beside other processes:
   of a transaction that crashed or rolled back vanish;
 - bytes once committed never change: a rewritten chunk is appended anew and the old bytes counted as garbage;
 - a file is deleted only after a committed transaction moved its live chunks; readers that still hold an
-  older index get FileNotFoundError and retry with a newer snapshot (`ChunkMoved`).
+  older index get FileNotFoundError and retry with a newer snapshot (`ChunkMoved`);
+- a read holds a reference to the descriptor it reads through, so garbage collection in another thread
+  (`forget`) never closes a descriptor mid-read: the last reader closes it. A descriptor number closed under a
+  reader could be reused by the next file opened, and the read would return another file's bytes.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from roost.errors import StoreError
@@ -33,7 +37,11 @@ class DataFiles:
 
     def __init__(self, directory: Path):
         self.dir = directory
-        self._read_fds: dict[int, int] = {}
+        self._read_fds: dict[int, int] = {}  # file id -> descriptor, shared by the threads that read
+        self._readers: dict[int, int] = {}  # descriptor -> reads under way through it
+        self._closing: set[int] = set()  # descriptors forgotten while read: the last reader closes them
+        self._gone: set[int] = set()  # files forgotten (ids are never reused): no descriptor is kept for them
+        self._fd_lock = threading.Lock()
 
     def path(self, file_id: int) -> Path:
         return self.dir / f"{file_id:08d}.dat"
@@ -77,17 +85,11 @@ class DataFiles:
         return out
 
     def read(self, file_id: int, offset: int, length: int) -> bytes:
-        fd = self._read_fds.get(file_id)
-        if fd is None:
-            try:
-                fd = os.open(self.path(file_id), os.O_RDONLY)
-            except FileNotFoundError:
-                raise ChunkMoved(file_id) from None
-            kept = self._read_fds.setdefault(file_id, fd)  # a query thread may have opened it meanwhile
-            if kept != fd:
-                os.close(fd)
-                fd = kept
-        data = os.pread(fd, length, offset)
+        fd = self._acquire(file_id)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            self._release(fd)
         if len(data) != length:
             raise StoreError(
                 f"{self.path(file_id)}: {length} bytes expected at offset {offset}, found {len(data)}: "
@@ -95,12 +97,47 @@ class DataFiles:
             )
         return data
 
+    def _acquire(self, file_id: int) -> int:
+        """A descriptor of the file, counted as read through until `_release`."""
+        with self._fd_lock:
+            fd = self._read_fds.get(file_id)
+            if fd is None:
+                if file_id in self._gone:  # collected: only an older index names it
+                    raise ChunkMoved(file_id)
+                try:
+                    fd = os.open(self.path(file_id), os.O_RDONLY)
+                except FileNotFoundError:
+                    raise ChunkMoved(file_id) from None
+                self._read_fds[file_id] = fd
+            self._readers[fd] = self._readers.get(fd, 0) + 1
+            return fd
+
+    def _release(self, fd: int) -> None:
+        with self._fd_lock:
+            left = self._readers.pop(fd) - 1
+            if left:
+                self._readers[fd] = left
+            elif fd in self._closing:
+                self._closing.discard(fd)
+                os.close(fd)
+
     def forget(self, file_id: int) -> None:
-        fd = self._read_fds.pop(file_id, None)
-        if fd is not None:
-            os.close(fd)
+        """Close the file's descriptor (once no read is under way through it); it is about to be deleted."""
+        with self._fd_lock:
+            self._gone.add(file_id)
+            fd = self._read_fds.pop(file_id, None)
+            if fd is None:
+                return
+            if fd in self._readers:
+                self._closing.add(fd)
+            else:
+                os.close(fd)
 
     def close(self) -> None:
-        for fd in self._read_fds.values():
-            os.close(fd)
-        self._read_fds.clear()
+        with self._fd_lock:
+            for fd in self._read_fds.values():
+                if fd in self._readers:
+                    self._closing.add(fd)
+                else:
+                    os.close(fd)
+            self._read_fds.clear()

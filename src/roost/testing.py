@@ -165,6 +165,7 @@ class RuleHarness:
         max_failures: int = 3,
         history: Any = None,
         state_dir: str | Path | None = None,
+        notify: Iterable[Any] = (),
     ):
         self.place = Place(latitude, longitude, timezone)
         self.clock = FakeClock(start, self.place)
@@ -178,6 +179,7 @@ class RuleHarness:
         self.engine = RuleEngine(
             self.registry, clock=self.clock, place=self.place, readings=self.bus, history=history,
             max_failures=max_failures, state_dir=Path(state_dir) if state_dir is not None else None,
+            notify=notify,
         )
         self.problems: list[str] = []
 

@@ -54,7 +54,8 @@ def add_rule_routes(app: web.Application, hub: Hub) -> None:
 
         def run(view) -> dict:
             return asyncio.run(preview(rt.source, things=things, history=view.read, start=end - timedelta(milliseconds=since_ms),
-                                       end=end, place=engine.place, properties=dict(rt.property_values))).as_json()
+                                       end=end, place=engine.place, properties=dict(rt.property_values),
+                                       notify=engine.notify_targets)).as_json()
 
         body = await asyncio.get_running_loop().run_in_executor(previews, view.run, run)
         return json_response(body)

@@ -168,7 +168,7 @@ def _preview(args: argparse.Namespace, settings, sources, problems: list[str]) -
     try:
         result = asyncio.run(preview(source, things=list(registry) if registry is not None else None, history=store.read,
                                      start=end - since, end=end, place=place,
-                                     properties=live.get(f"rule-{args.rule}")))
+                                     properties=live.get(f"rule-{args.rule}"), notify=settings.rules.notify))
     finally:
         store.close()
     if registry is None:

@@ -38,7 +38,9 @@ from roost.rules.english import rule_sentence
 from roost.rules.state import RuleStateStore
 from roost.rules.triggers import Threshold, ThingTrigger, TimeTrigger, Trigger
 from roost.selector import Selector
+from roost.rules.settings import NotifySettings
 from roost.things import PropertySpec, Thing, ThingError, ThingRegistry, attribute_name
+from roost.things.model import EventSpec
 
 log = logging.getLogger("roost.rules")
 
@@ -183,6 +185,14 @@ class RuleRuntime:
             timer.task.cancel()
         self.persist()
         return True
+
+    def notify(self, message: str, to: str | None) -> None:
+        notifier = self.engine.notifier
+        if notifier is None:
+            raise RuleError("notify: no [[rules.notify]] target in the config (a webhook, email or mqtt, docs/rules.md)")
+        if to is not None and to not in notifier.targets:
+            raise RuleError(f"notify: no target named {to!r}{did_you_mean(to, sorted(notifier.targets))}")
+        notifier.send(self.name, str(message), to)
 
     def _arm_timer(self, name: str) -> None:
         timer = self.timers[name]
@@ -513,6 +523,7 @@ class RuleRuntime:
         return Thing(
             id=self.thing_id, title=self.name, types=("Rule",), description=self.sentence,
             properties=properties, values=values, actuator=self._actuate, origin="rules",
+            events={"notifyFailed": EventSpec("notifyFailed", title="A notification could not be sent", type="object")},
         )
 
     async def _actuate(self, name: str, value: Any) -> None:
@@ -577,6 +588,7 @@ class RuleEngine:
         state_dir: Path | None = None,
         strict: bool = True,
         wait_for_things: bool = False,
+        notify: Iterable[NotifySettings] = (),
     ):
         self.registry = registry
         self.wait_for_things = wait_for_things
@@ -600,6 +612,8 @@ class RuleEngine:
         self._flush_soon = False
         self._files: dict[str, tuple[int, int]] = {}
         self.tracer: Callable[[RuleRuntime, Trigger | str | None, str], None] | None = None  # for previews
+        self.notify_targets = list(notify)
+        self.notifier: Any = None  # roost.rules.notify.Notifier while running, when targets are configured
 
     # ------------------------------------------------------------------ lifetime
 
@@ -611,6 +625,10 @@ class RuleEngine:
             self.spawn(self._follow_readings(self.readings.subscribe("rules", maxsize=100_000)), "rules-readings")
         if self.state is not None:
             self.spawn(self._save_periodically(), "rules-state")
+        if self.notify_targets:
+            from roost.rules.notify import Notifier
+
+            self.notifier = Notifier(self.notify_targets, spawn=self.spawn, now=self.clock.now, failed=self._notify_failed)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -950,6 +968,11 @@ class RuleEngine:
         if rt.thing_id in self.registry:
             self.registry.report(rt.thing_id, "enabled", rt.enabled, origin="rules")
         self.persist(rt)
+
+    def _notify_failed(self, rule: str, target: str, message: str, error: str) -> None:
+        thing_id = f"rule-{rule}"
+        if thing_id in self.registry:
+            self.registry.emit_event(thing_id, "notifyFailed", {"target": target, "message": message, "error": error})
 
     def trace(self, rt: RuleRuntime, cause: Trigger | str | None, what: str) -> None:
         """Tell the tracer (a preview) that a rule acts ("act") or undoes ("undo") because of `cause`."""

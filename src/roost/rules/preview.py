@@ -21,6 +21,8 @@ from roost.model import Reading
 from roost.rules.clock import Place
 from roost.rules.english import _value
 from roost.rules.loader import RuleSource
+from roost.rules.notify import Notifier
+from roost.rules.settings import NotifySettings
 from roost.rules.triggers import ThingTrigger, Threshold, Trigger
 from roost.things import Thing
 
@@ -97,11 +99,13 @@ async def preview(
     end: datetime,
     place: Place,
     properties: dict[str, Any] | None = None,
+    notify: Iterable[Any] = (),
 ) -> Preview:
     """The timeline of what the rule would have done between `start` and `end`, and notes on what a preview
     cannot show. `history` is a store's `read`; `things` the hub's things (their values now are the start's;
     None: no hub answered, and the things the rule names start with no values and take any property);
-    `properties` the rule's settings as the hub has them (else their defaults)."""
+    `properties` the rule's settings as the hub has them (else their defaults); `notify` the `[[rules.notify]]`
+    targets, whose rate limits the preview applies (none given: any target name is taken, without a limit)."""
     from roost.testing import FakeThing, RuleHarness, settle
 
     steps: list[Step] = []
@@ -139,6 +143,7 @@ async def preview(
         causes[rt.name] = text if what == "act" else f"{text} no longer holds"
 
     harness.engine.tracer = trace
+    harness.engine.notifier = _Notifications(list(notify), harness.clock.now, steps, causes)
     if properties:
         harness.engine._saved[source.cls.__name__] = {"properties": properties}  # as a restarted hub takes them
     notes: list[str] = []
@@ -165,3 +170,30 @@ async def preview(
         if end > house.clock.now():
             await house.clock.advance_to(end)
     return Preview(name, rt.sentence, start, end, steps, notes)
+
+
+class _AnyTarget(dict):
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __missing__(self, name: str) -> Any:
+        return NotifySettings(name, webhook="http://preview", rate_limit_ms=0)
+
+
+class _Notifications(Notifier):
+    """A Notifier that records what it would send, as steps of the timeline (rate limits applied)."""
+
+    def __init__(self, targets: list, now: Callable[[], datetime], steps: list[Step], causes: dict[str, str]):
+        super().__init__(targets, spawn=None, now=now)
+        if not targets:
+            self.targets = _AnyTarget()
+        self._steps = steps
+        self._causes = causes
+
+    def send(self, rule: str, message: str, to: str | None = None) -> list[str]:
+        return super().send(rule, message, to if to is not None or self.targets else "every target")
+
+    def _dispatch(self, target: Any, rule: str, message: str, at: datetime) -> None:
+        cause = self._causes.get(rule, "start")
+        self._steps.append(Step(at, cause, f"notify {target.name}: {message}",
+                                f"{cause[0].upper()}{cause[1:]}: notify {target.name}: {message}"))

@@ -67,6 +67,11 @@ class Rule:
         moves its deadline. The arguments must be plain values (numbers, strings, lists, dicts)."""
         self._roost.start_timer(method, seconds(delay), args)
 
+    def notify(self, message: str, *, to: str | None = None) -> None:
+        """Send `message` to the `[[rules.notify]]` target named `to` (every target when None): a webhook, email
+        or MQTT. At most one message per rule and target within the target's `rate_limit` (15 minutes)."""
+        self._roost.notify(message, to)
+
     def cancel_timer(self, method: Any) -> bool:
         """Stop the timer of `method`; False when none was running."""
         return self._roost.cancel_timer(method)

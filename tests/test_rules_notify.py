@@ -210,3 +210,41 @@ async def test_a_preview_shows_the_messages_without_sending_them():
         ("2024-03-06T07:00:00+00:00", "notify phone: Take the bins out", "At 07:00: notify phone: Take the bins out"),
         ("2024-03-07T07:00:00+00:00", "notify phone: Take the bins out", "At 07:00: notify phone: Take the bins out"),
     ]
+
+
+async def test_a_running_hub_notifies_from_its_config(tmp_path, webhook):
+    """`roost run` with a [[rules.notify]] webhook: a threshold rule's message arrives (after one retry)."""
+    import textwrap
+    import urllib.request
+
+    from conftest import HubProcess
+
+    url, received = webhook
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "leak.py").write_text(textwrap.dedent('''
+        from roost.rules import Rule, Threshold
+
+        class CellarLeak(Rule):
+            """Water in the cellar."""
+
+            def register_triggers(self):
+                return (Threshold('water_detected{room="cellar"} > 0'),)
+
+            def action(self, *args):
+                self.notify("Water in the cellar")
+    '''))
+    (tmp_path / "token").write_text("hub-hook-token\n")
+    config = tmp_path / "roost.toml"
+    config.write_text(f'[rules]\ndirectory = "rules"\n[[rules.notify]]\nname = "phone"\nwebhook = "{url}"\n'
+                      f'token_file = "token"\nretry_wait = "100ms"\n')
+    hub = await asyncio.to_thread(HubProcess, tmp_path / "data", "-c", str(config))
+    try:
+        request = urllib.request.Request(hub.url + "/write", data=b"water_detected,room=cellar value=1\n", method="POST")
+        await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())
+        await until(lambda: len(received) == 2, "the message and its retry", timeout=20)
+    finally:
+        await asyncio.to_thread(hub.kill, 9)
+    body, authorization = received[1]
+    assert (body["rule"], body["message"], body["target"], authorization) == (
+        "CellarLeak", "Water in the cellar", "phone", "Bearer hub-hook-token")

@@ -174,6 +174,37 @@ async def test_a_query_runs_in_its_own_thread_while_the_event_loop_serves_others
     assert body["status"] == "success" and len(body["data"]["result"]) == 1
 
 
+async def test_a_query_reading_a_few_day_chunks_is_answered_on_the_event_loop_and_a_larger_one_in_the_query_thread(
+    hub, http, monkeypatch
+):
+    now = await _demo_like(hub)
+    take_view = hub.store.read_view
+    threads: list[str] = []
+
+    def read_view():
+        view = take_view()
+        run = view.run
+
+        def recording_run(fn, **kw):
+            return run(lambda v: (threads.append(threading.current_thread().name), fn(v))[1], **kw)
+
+        view.run = recording_run
+        return view
+
+    monkeypatch.setattr(hub.store, "read_view", read_view)
+    day_s = 86_400
+    for query, days in (
+        ('temperature_celsius{room="lounge"}', 7),  # 1 series x 8 days: on the loop
+        ("avg(temperature_celsius)", 7),  # 3 x 8: on the loop
+        ("avg(temperature_celsius)", 30),  # 3 x 31: in the thread
+        ("max(rate(energy_kwh_total[1d]) + on() group_left sum(humidity_percent))", 7),  # unsupported: nothing read
+    ):
+        params = {"query": query, "start": str(now // 1000 - days * day_s), "end": str(now // 1000), "step": "3600"}
+        async with http.get("/api/v1/query_range", params=params) as r:
+            await r.read()
+    assert threads == ["MainThread", "MainThread", "roost-promql_0"]
+
+
 async def test_promtool_queries_the_hub(hub):
     now = await _demo_like(hub)
     loop = asyncio.get_running_loop()

@@ -1,12 +1,12 @@
 """A PromQL subset evaluated over roost's store: `parse` a query, then `evaluate` it over a range of steps."""
 
 from roost.promql.ast import AGGREGATIONS, RANGE_FUNCTIONS, parse
-from roost.promql.engine import LOOKBACK_MS, MAX_STEPS, Evaluator, RawMatrix, Source, Vector
+from roost.promql.engine import LOOKBACK_MS, MAX_STEPS, Evaluator, RawMatrix, Source, Vector, selections
 from roost.promql.errors import BadData, ExecutionError, PromQLError
 
 __all__ = [
     "AGGREGATIONS", "LOOKBACK_MS", "MAX_STEPS", "RANGE_FUNCTIONS", "BadData", "Evaluator", "ExecutionError",
-    "PromQLError", "RawMatrix", "Source", "Vector", "evaluate", "parse",
+    "PromQLError", "RawMatrix", "Source", "Vector", "evaluate", "parse", "selections",
 ]
 
 

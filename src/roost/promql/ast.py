@@ -7,6 +7,7 @@ that uses anything else fails with `bad_data` naming the unsupported part before
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import promql_parser
 
@@ -83,7 +84,15 @@ def is_scalar(node: Node) -> bool:
 
 
 def parse(text: str) -> Node:
-    """Parse a PromQL expression; raise BadData for syntax errors and for anything outside the subset."""
+    """Parse a PromQL expression; raise BadData for syntax errors and for anything outside the subset.
+
+    Nodes are immutable, so the trees of the queries seen last are kept: a dashboard asks the same ones again.
+    """
+    return _parse(text)
+
+
+@lru_cache(maxsize=512)
+def _parse(text: str) -> Node:
     if not text.strip():
         raise BadData("empty query: give a PromQL expression such as temperature_celsius")
     try:

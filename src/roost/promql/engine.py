@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,6 +75,21 @@ Value = Vector | np.ndarray | RawMatrix  # a scalar is a 1-D array, one value pe
 
 def series_labels(series: Series) -> Labels:
     return tuple(sorted((("__name__", series.metric), *series.labels)))
+
+
+def selections(node: ast.Node) -> Iterator[tuple[ast.VectorSelector, int]]:
+    """Every selector of a query with how far before each step it reads (the range, or the lookback)."""
+    if isinstance(node, ast.VectorSelector):
+        yield node, LOOKBACK_MS
+    elif isinstance(node, ast.MatrixSelector):
+        yield node.vector, node.range_ms
+    elif isinstance(node, ast.RangeCall):
+        yield from selections(node.arg)
+    elif isinstance(node, (ast.Aggregate, ast.Negation)):
+        yield from selections(node.expr)
+    elif isinstance(node, ast.Binary):
+        yield from selections(node.lhs)
+        yield from selections(node.rhs)
 
 
 def _drop_name(labels: Labels) -> Labels:

@@ -8,6 +8,7 @@ from roost.store.engine import (
     SeriesData,
     Store,
     StoreOptions,
+    ViewBusy,
     WriteResult,
     merge_samples,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Store",
     "StoreOptions",
     "Summary",
+    "ViewBusy",
     "WIDTHS_MS",
     "WriteResult",
     "merge_samples",

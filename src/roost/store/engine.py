@@ -1146,6 +1146,10 @@ def _gc_permit(data_dir: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+class ViewBusy(Exception):
+    """Another read view is reading (`ReadView.run(wait=False)`)."""
+
+
 class ReadView:
     """One query's reads, safe in a worker thread beside the hub's writes.
 
@@ -1160,10 +1164,15 @@ class ReadView:
         self._conn: sqlite3.Connection | None = None
         self._stored: list[tuple[int, int]] = []
 
-    def run(self, fn):
-        """`fn(self)` inside one read transaction; again on a newer snapshot if garbage collection moved a chunk."""
+    def run(self, fn, *, wait: bool = True):
+        """`fn(self)` inside one read transaction; again on a newer snapshot if garbage collection moved a chunk.
+
+        With `wait=False` it raises `ViewBusy` at once when another view is reading (the event loop must not wait).
+        """
         store = self._store
-        with store._view_lock:
+        if not store._view_lock.acquire(blocking=wait):
+            raise ViewBusy
+        try:
             conn = store._view_connection()
             for _attempt in range(5):
                 conn.execute("BEGIN")
@@ -1175,7 +1184,14 @@ class ReadView:
                 finally:
                     self._conn = None
                     conn.execute("COMMIT")
+        finally:
+            store._view_lock.release()
         raise StoreError(f"{store.data_dir}: chunks kept moving under this reader; try again")
+
+    def count(self, selector: Selector) -> int:
+        """How many series match (what a query's cost grows with); needs no `run`."""
+        name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
+        return sum(1 for _sid, s in self._series if (name is None or s.metric == name) and selector.matches(s))
 
     def _matching(self, selector: Selector) -> Iterator[tuple[int, Series, list[tuple[np.ndarray, np.ndarray]]]]:
         if self._conn is None:

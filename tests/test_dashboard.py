@@ -547,3 +547,41 @@ def test_rules_show_their_sentence_and_can_be_disabled_and_enabled(browser, demo
     p.wait_for_function("() => document.querySelector('[data-thing=rule-BondedLights] [data-property=last_run]').dataset.value.length > 4")
     assert last_run.text_content() != "never" and any(c.isdigit() for c in last_run.text_content())
     page.close()
+
+
+# ------------------------------------------------------------------ backups (a hub with [backup], real restic)
+
+
+@pytest.fixture
+def backed_up_hub(tmp_path):
+    if shutil.which("restic") is None:
+        pytest.skip("restic is not installed (apt-get install restic; make peers)")
+    from conftest import run_roost
+
+    (tmp_path / "pw").write_text("correct horse battery staple\n")
+    cfg = tmp_path / "roost.toml"
+    cfg.write_text(f'[backup]\nrepository = "{tmp_path / "repo"}"\npassword_file = "pw"\nschedule = "03:30"\n'
+                   "keep = { last = 5 }\n")
+    run_roost("backup", "init", "-c", str(cfg), "--data", str(tmp_path / "data"))
+    hub = HubProcess(tmp_path / "data", "-c", str(cfg))
+    yield hub
+    hub.kill(15)
+
+
+def test_the_backups_section_shows_the_status_and_backs_up_now_through_restic(browser, backed_up_hub):
+    p = Page(browser, backed_up_hub.url)
+    page = p.open("#backups")
+    page.wait_for_selector("#backups-list .backup")
+    outcome = page.locator('[data-outcome] .prop-value')
+    assert outcome.inner_text() == "no backup yet"
+    assert "Snapshots (0)" in page.locator("#snapshots-title").inner_text()
+    assert "3:30" in page.locator("#backups-list").inner_text()  # the next scheduled run (03:30 or 3:30 AM)
+    page.get_by_role("button", name="Back up now").click()
+    page.wait_for_selector('[data-outcome="ok"]', timeout=60_000)
+    assert page.locator("#snapshots-title").inner_text() == "Snapshots (1)"
+    assert page.locator(".snapshot-list li").count() == 1
+    status = json.loads(urllib.request.urlopen(backed_up_hub.url + "/backups").read())
+    assert status["status"]["last_error"] == 0 and status["status"]["size"] > 0
+    assert status["snapshots"][0]["id"] in page.locator(".snapshot-list").inner_text()
+    p.screenshot("backups")
+    p.close()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from roost.api.auth import add_access_control
+from roost.api.backups import add_backup_routes
 from roost.api.dashboard import add_dashboard_routes
 from roost.api.limits import Limits
 from roost.api.prometheus import add_prometheus_routes
@@ -64,6 +65,7 @@ def create_app(hub: Hub) -> web.Application:
     add_rule_routes(app, hub)  # /api/rules/NAME/preview, docs/rules.md
     app.router.add_get("/healthz", healthz)
     add_replication_routes(app, hub)  # /api/replication/{status,base,stream}, docs/durability.md
+    add_backup_routes(app, hub)  # /backups: status and "back up now" for the dashboard, docs/durability.md
     return app
 
 

@@ -12,6 +12,7 @@ const SECTIONS = [
   { id: "history", title: "History" },
   { id: "things", title: "Things", api: "things" },
   { id: "rules", title: "Rules", api: "rules" },
+  { id: "backups", title: "Backups", api: "backups" },
 ];
 
 const available = new Set((document.documentElement.dataset.sections ?? "").split(/\s+/).filter(Boolean));
@@ -37,6 +38,12 @@ async function view(id) {
   return views[id];
 }
 
+let backups = null;
+async function backupsView() {
+  backups ??= new (await import("./backups.js")).BackupsView(document.getElementById("backups-list"));
+  return backups;
+}
+
 const nav = document.getElementById("nav");
 nav.replaceChildren(...sections.map((s) => {
   const li = document.createElement("li");
@@ -60,6 +67,7 @@ function route(focus) {
   if (focus) document.getElementById(`${current.id}-title`).focus({ preventScroll: true });
   if (current.id === "history") return history.show(new URLSearchParams(query));
   if (current.id === "things" || current.id === "rules") return view(current.id).then((v) => v.show());
+  if (current.id === "backups") return backupsView().then((v) => v.show());
   return Promise.resolve();
 }
 

@@ -676,3 +676,34 @@ def test_editing_one_rule_file_of_a_running_hub_keeps_another_rules_pending_time
     assert (len(seen["boost"]), len(seen["over"])) == (1, 1)
     assert abs(seen["over"][0] - (boosted + 6)) < 1.0
     assert "rules: reloaded other.py (Other)" in log.read_text() and "rules: 2 of 2 armed" in log.read_text()
+
+
+async def test_roost_rules_reload_reloads_the_changed_file_now(tmp_path):
+    import asyncio
+    from dataclasses import replace
+
+    from conftest import hub_settings, run_roost
+
+    from roost.hub import Hub
+    from roost.rules.settings import RulesSettings
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    write_rule(rules, "other.py", OTHER_FILE.replace("VERSION", "1"))
+    settings = replace(hub_settings(tmp_path / "data"), rules=RulesSettings(directory=rules))
+    async with Hub(settings) as hub:
+        config = tmp_path / "roost.toml"
+        config.write_text(f'[rules]\ndirectory = "rules"\n[hub]\nlisten = "{hub.url.removeprefix("http://")}"\n')
+        write_rule(rules, "other.py", OTHER_FILE.replace("VERSION", "two"))
+        proc = await asyncio.to_thread(run_roost, "rules", "reload", "-c", str(config), cwd=tmp_path)
+        assert proc.stdout.strip() in ("reloaded other.py", "no rule file changed")  # the watcher may be first
+        assert hub.things.get("rule-Other").description == "Counts (two)."
+        proc = await asyncio.to_thread(run_roost, "rules", "reload", "-c", str(config), cwd=tmp_path)
+        assert proc.stdout.strip() == "no rule file changed"
+        write_rule(rules, "other.py", "def broken(:\n")
+        proc = await asyncio.to_thread(run_roost, "rules", "reload", "-c", str(config), cwd=tmp_path, check=False)
+        if proc.stdout.strip() != "no rule file changed":  # else the watcher was first, and logged the problem
+            assert proc.returncode == 1 and "other.py:1: syntax error" in proc.stderr
+    (tmp_path / "roost.toml").write_text('[rules]\ndirectory = "rules"\n[hub]\nlisten = "127.0.0.1:9"\n')
+    proc = run_roost("rules", "reload", "-c", str(tmp_path / "roost.toml"), cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "http://127.0.0.1:9: no hub answers" in proc.stderr

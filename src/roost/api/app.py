@@ -7,6 +7,7 @@ Routes:
   POST /write, /api/v2/write   Influx line protocol push (v1 and v2)     see sources/http_push.py
   GET  /metrics, /api/v1/...   Prometheus exposition, query API and remote write (roost.api.prometheus)
   GET  /api/rules/NAME/preview  what a rule would have done over history   ?since=7d (roost.api.rules)
+  POST /api/rules/reload       reload the rule files that changed, now
   GET  /healthz                liveness
   GET  /login, POST /logout    the dashboard's login with a token (roost.api.auth, docs/security.md)
 

@@ -1,4 +1,6 @@
-"""`GET /api/rules/{name}/preview?since=7d`: what a rule would have done over the stored readings, as JSON.
+"""`GET /api/rules/{name}/preview?since=7d`: what a rule would have done over the stored readings, as JSON;
+`POST /api/rules/reload`: reload the rule files that changed now (`roost rules reload`), without waiting for
+the watcher.
 
 The same timeline as `roost rules preview` (roost.rules.preview), for the dashboard. The preview runs in a worker
 thread on its own event loop and test clock, so the hub's rules and requests do not wait for it; it reads the
@@ -60,5 +62,13 @@ def add_rule_routes(app: web.Application, hub: Hub) -> None:
         body = await asyncio.get_running_loop().run_in_executor(previews, view.run, run)
         return json_response(body)
 
+    async def rules_reload(request: web.Request) -> web.Response:
+        engine = hub.rules
+        if engine is None:
+            return json_response({"error": "this hub runs no rules ([rules] directory in its config)"}, 404)
+        problems = await engine.reload_if_changed()
+        return json_response({"reloaded": engine.last_reloaded if problems is not None else [], "problems": problems or []})
+
     app.router.add_get("/api/rules/{name}/preview", rule_preview)
+    app.router.add_post("/api/rules/reload", rules_reload)
     app.on_cleanup.append(close)

@@ -613,6 +613,8 @@ class RuleEngine:
         self._files: dict[str, tuple[int, int]] = {}
         self.tracer: Callable[[RuleRuntime, Trigger | str | None, str], None] | None = None  # for previews
         self.notify_targets = list(notify)
+        self.last_reloaded: list[str] = []  # the files the last reload_if_changed() reloaded
+        self._reload_lock = asyncio.Lock()
         self.notifier: Any = None  # roost.rules.notify.Notifier while running, when targets are configured
 
     # ------------------------------------------------------------------ lifetime
@@ -706,14 +708,19 @@ class RuleEngine:
         return problems
 
     async def reload_if_changed(self) -> list[str] | None:
-        """Reload the rule files that changed since the last load (None: nothing changed). The rules of the
-        other files keep running untouched; a changed helper (`_*.py`) reloads them all."""
+        """Reload the rule files that changed since the last load (None: nothing changed; `last_reloaded` names
+        them). The rules of the other files keep running untouched; a changed helper (`_*.py`) reloads them all."""
+        async with self._reload_lock:  # the watcher and `roost rules reload` may ask at once
+            return await self._reload_changed()
+
+    async def _reload_changed(self) -> list[str] | None:
         if self.directory is None:
             return None
         now = files_state(self.directory)
         if now == self._files:
             return None
         changed = sorted(name for name in set(now) | set(self._files) if now.get(name) != self._files.get(name))
+        self.last_reloaded = changed
         if any(name.startswith("_") for name in changed):
             log.info("rules: %s changed in %s; reloading every rule", ", ".join(changed), self.directory)
             return await self.load_directory(self.directory)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roost.errors import StoreError
-from roost.store.codec import decode_chunk, decode_timestamps, describe_chunk, encode_chunk
+from roost.store.codec import Decoded, decode_chunk, decode_timestamps, describe_chunk, encode_chunk
 
 DAY_MS = 86_400_000
 MIDNIGHT = 1_700_006_400_000  # 2023-11-15T00:00:00Z
@@ -25,6 +25,10 @@ def round_trip(ts, values) -> tuple[np.ndarray, np.ndarray]:
     np.testing.assert_array_equal(decode_timestamps(blob), ts)
     # Bit patterns, not ==: -0.0 == 0.0 and NaN != NaN would hide differences.
     np.testing.assert_array_equal(back_values.view(np.int64), values.view(np.int64))
+    kept_ts, kept_values = Decoded(blob).arrays()  # the compact form a cache keeps gives the same
+    assert kept_ts.dtype == np.int64 and kept_values.dtype == np.float64
+    np.testing.assert_array_equal(kept_ts, ts)
+    np.testing.assert_array_equal(kept_values.view(np.int64), values.view(np.int64))
     return back_ts, back_values
 
 
@@ -64,6 +68,12 @@ def test_readings_with_few_decimals_come_back_bit_exact(values):
 def test_readings_with_few_decimals_are_coded_as_scaled_integers():
     assert scheme_of(EVERY_15_S[:4], [21.27, 21.28, 21.3, 21.25]) != "raw"
     assert scheme_of(EVERY_15_S, noisy_temperature()) == "trend"
+
+
+def test_a_cached_day_of_temperatures_takes_two_bytes_a_sample():
+    kept = Decoded(encode_chunk(EVERY_15_S, noisy_temperature()))
+    assert kept.nbytes <= 2 * 5760 + 128
+    assert Decoded(encode_chunk(EVERY_15_S, np.round(np.linspace(-5, 300, 5760), 1))).nbytes <= 2 * 5760 + 128
 
 
 def test_random_floats_come_back_bit_exact():

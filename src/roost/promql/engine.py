@@ -43,8 +43,9 @@ Labels = tuple[tuple[str, str], ...]  # sorted, with ("__name__", metric) while 
 class Source(Protocol):
     """What a query reads: `roost.store.ReadView`."""
 
-    def read(self, selector: Selector, start_ms: int, end_ms: int) -> Iterable[SeriesData]:
-        """Raw samples with start_ms <= ts < end_ms of every matching series."""
+    def read(self, selector: Selector, start_ms: int, end_ms: int, *, transient: bool = False) -> Iterable[SeriesData]:
+        """Raw samples with start_ms <= ts < end_ms of every matching series (`transient`: arrays valid only until
+        the next series is asked for)."""
 
     def summaries(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> Iterable[tuple[Series, Summary]]:
         """Summaries of the buckets of `width_ms` in [start_ms, end_ms) of every matching series."""
@@ -142,7 +143,7 @@ class Evaluator:
     def _samples(self, vs: ast.VectorSelector, back_ms: int) -> Iterable[SeriesData]:
         lo = int(self.steps[0]) - vs.offset_ms - back_ms
         hi = int(self.steps[-1]) - vs.offset_ms
-        return self.source.read(vs.selector, lo, hi + 1)
+        return self.source.read(vs.selector, lo, hi + 1, transient=True)  # every caller copies what it keeps
 
     def _width(self, vs: ast.VectorSelector, range_ms: int) -> int | None:
         """The widest summary width that the steps, `range_ms` and the offset are whole multiples of, if any."""
@@ -385,10 +386,24 @@ def _merge_same_labels(vec: Vector) -> Vector:
 
 def _window_reduce(ufunc: np.ufunc, a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """`ufunc.reduce(a[lo[i]:hi[i]])` for every i (in C, one pass); garbage where the window is empty."""
-    ext = np.append(a, a[-1:])  # so that an index equal to len(a) is still valid
+    if not len(a) or not len(lo):
+        return np.zeros(len(lo), a.dtype)
+    if ufunc is np.add:  # sums keep numpy's summation order: one copy of `a` with a spare element at the end
+        ext = np.append(a, a[-1:])
+        idx = np.empty(2 * len(lo), np.intp)
+        idx[0::2], idx[1::2] = lo, hi
+        return ufunc.reduceat(ext, idx)[0::2]
+    # reduceat takes no index equal to len(a): windows that end there (the last ones) are cut one short, and
+    # their last element put back (exact for min and max), without copying `a`.
+    ends = np.minimum(hi, len(a) - 1)
     idx = np.empty(2 * len(lo), np.intp)
-    idx[0::2], idx[1::2] = lo, hi
-    return ufunc.reduceat(ext, idx)[0::2]
+    idx[0::2], idx[1::2] = np.minimum(lo, len(a) - 1), ends
+    out = ufunc.reduceat(a, idx)[0::2]
+    cut = hi == len(a)
+    if cut.any():
+        whole = lo[cut] < ends[cut]  # else the window is just a[-1] (or empty: garbage either way)
+        out[cut] = np.where(whole, ufunc(out[cut], a[-1]), a[-1])
+    return out
 
 
 def _sparse_window_sum(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ from roost.model import MAX_FUTURE_MS, Reading, Series, now_ms
 from roost.selector import Selector
 from roost.store import wal
 from roost.store.blocks import BLOCK_DAYS, decode_rows, encode_rows
-from roost.store.codec import decode_chunk, encode_chunk
+from roost.store.codec import Decoded, decode_chunk, encode_chunk
 from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, bucketize, rollup_samples
 from roost.store.segments import ChunkMoved, DataFiles
 from roost.store.summaries import Summary, summarize
@@ -86,7 +86,7 @@ class RetentionRule:
 class StoreOptions:
     max_series: int = 10_000
     fsync: bool = True
-    cache_bytes: int = 32 * 1024 * 1024  # decoded sealed chunks kept for repeated queries
+    cache_bytes: int = 32 * 1024 * 1024  # decoded sealed chunks kept (compactly, codec.Decoded) for repeated queries
     retention: tuple[RetentionRule, ...] = ()
 
 
@@ -142,6 +142,40 @@ def merge_samples(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     return ts[keep], values[keep]
 
 
+_SCRATCH_SAMPLES = 1 << 20  # 16 MB of ts and values kept per query thread for transient reads
+
+
+def _gather(
+    parts: list[Decoded | tuple[np.ndarray, np.ndarray]], scratch: threading.local | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`merge_samples` of parts each sorted and unique, decoded chunks written straight into one array: a month
+    of days in a row needs no concatenation and no sort.
+
+    With `scratch` (a thread's own) the arrays are reused from the previous call: a fresh month of one series is
+    3 MB of new pages, and faulting them in cost more than decoding into them.
+    """
+    sizes = [p.n if isinstance(p, Decoded) else len(p[0]) for p in parts]
+    total = sum(sizes)
+    if scratch is not None and total <= _SCRATCH_SAMPLES:
+        if len(getattr(scratch, "ts", ())) < total:
+            scratch.ts, scratch.values = np.empty(total, np.int64), np.empty(total, np.float64)
+        ts, values = scratch.ts[:total], scratch.values[:total]
+    else:
+        ts, values = np.empty(total, np.int64), np.empty(total, np.float64)
+    pos, ordered = 0, True
+    for part, size in zip(parts, sizes):
+        if not size:
+            continue
+        if isinstance(part, Decoded):
+            part.into(ts[pos : pos + size], values[pos : pos + size])
+        else:
+            ts[pos : pos + size], values[pos : pos + size] = part
+        if pos and ts[pos] <= ts[pos - 1]:
+            ordered = False
+        pos += size
+    return (ts, values) if ordered else merge_samples([(ts, values)])
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
@@ -168,12 +202,13 @@ class Store:
         self._series_by_id: dict[int, Series] = {}
         self._sid_by_series: dict[Series, int] = {}  # the hot path: no str() per reading
         self._compact_lock = threading.RLock()  # held by every write transaction (re-entered by GC)
-        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], Decoded] = OrderedDict()
         self._cache_bytes = 0
         self._rollup_cache: OrderedDict[tuple[int, int, int], tuple[Rows, int]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._summary_cache: OrderedDict[tuple[int, int, int], Summary] = OrderedDict()
         self._summary_bytes = 0
+        self._scratch = threading.local()  # per thread: arrays for transient reads (`_gather`)
         self._view_lock = threading.Lock()  # one ReadView reads at a time, on `_view_conn`
         self._view_conn: sqlite3.Connection | None = None
         self.head_samples = 0
@@ -577,8 +612,11 @@ class Store:
             self._update_hourly(conn, sid, days)
         return len(rows)
 
-    def _decoded_chunks(self, conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, tuple[np.ndarray, np.ndarray]]]:
-        """(id, (ts, values)) of the chunks among `ids`; sealed ones come from a bounded cache of decoded days.
+    def _decoded_chunks(
+        self, conn: sqlite3.Connection, ids: list[int]
+    ) -> list[tuple[int, Decoded | tuple[np.ndarray, np.ndarray]]]:
+        """(id, (ts, values)) of the open chunks among `ids` and (id, Decoded) of the sealed ones, which come from
+        a bounded cache of decoded days.
 
         Sealed bytes never change (a rewrite is appended elsewhere), so (file, offset) identifies a version and
         the cache needs no invalidation. Dashboards ask for the same recent days over and over.
@@ -595,9 +633,7 @@ class Store:
                     if hit is not None:
                         self._cache.move_to_end(key)
                 if hit is None:
-                    hit = decode_chunk(self.files.read(file_id, offset, length))
-                    for array in hit:
-                        array.setflags(write=False)  # shared by every later query
+                    hit = Decoded(self.files.read(file_id, offset, length))
                     self._cache_put(key, hit)
                 out.append((row_id, hit))
         return out
@@ -614,13 +650,15 @@ class Store:
                     self._rollup_cache.popitem(last=False)
         return hit
 
-    def _cache_put(self, key: tuple[int, int], arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    def _cache_put(self, key: tuple[int, int], chunk: Decoded) -> None:
         with self._cache_lock:
-            self._cache[key] = arrays
-            self._cache_bytes += arrays[0].nbytes + arrays[1].nbytes
+            if key in self._cache:  # two threads decoded it at once
+                return
+            self._cache[key] = chunk
+            self._cache_bytes += chunk.nbytes
             while self._cache_bytes > self.options.cache_bytes and self._cache:
-                _key, (ts, values) = self._cache.popitem(last=False)
-                self._cache_bytes -= ts.nbytes + values.nbytes
+                _key, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
 
     def _load_chunks(self, conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
         """(id, blob) of the chunks among `ids` that exist, open or sealed."""
@@ -905,13 +943,15 @@ class Store:
         return rows.between(lo, hi), raw
 
     def _samples(
-        self, conn, sid: int, lo: int, hi: int, head, *, days=None, rows_out: list[Rows] | None = None, step_ms: int = 0
+        self, conn, sid: int, lo: int, hi: int, head, *, days=None, rows_out: list[Rows] | None = None, step_ms: int = 0,
+        transient: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Samples of [lo, hi); `transient`: in this thread's scratch arrays, valid until its next transient read."""
         if days is None:
             days = self._days(conn, lo, hi, head)
         ids = [_row_id(d, sid) for d in days]
         chunks = sorted(self._decoded_chunks(conn, ids), key=lambda c: c[0])
-        parts = [arrays for _id, arrays in chunks]
+        parts: list[Decoded | tuple[np.ndarray, np.ndarray]] = [chunk for _id, chunk in chunks]
         have = {i for i, _a in chunks}
         missing = [i for i in ids if i not in have]
         if missing:
@@ -927,7 +967,7 @@ class Store:
             if days is not None:
                 sel &= np.isin(t // DAY_MS, list(day_set))
             parts.append((t[sel], v[sel]))
-        ts, values = merge_samples(parts)
+        ts, values = _gather(parts, self._scratch if transient else None)
         lo_i, hi_i = np.searchsorted(ts, [lo, hi])
         return ts[lo_i:hi_i], values[lo_i:hi_i]
 
@@ -960,7 +1000,7 @@ class Store:
                 self._summary_cache.move_to_end(key)
                 return hit
             raw = self._cache.get((file_id, offset))
-        ts, values = raw if raw is not None else decode_chunk(self.files.read(file_id, offset, length))
+        ts, values = raw.arrays() if raw is not None else decode_chunk(self.files.read(file_id, offset, length))
         summary = summarize(ts, values, width_ms)
         with self._cache_lock:
             self._summary_cache[key] = summary
@@ -1201,12 +1241,16 @@ class ReadView:
             if (name is None or series.metric == name) and selector.matches(series):
                 yield sid, series, [(t, v) for t, v in self._heads.get(sid, ()) if len(t)]
 
-    def read(self, selector: Selector, start_ms: int, end_ms: int) -> Iterator[SeriesData]:
-        """As `Store.read`: raw samples with start_ms <= ts < end_ms of every matching series."""
+    def read(self, selector: Selector, start_ms: int, end_ms: int, *, transient: bool = False) -> Iterator[SeriesData]:
+        """As `Store.read`: raw samples with start_ms <= ts < end_ms of every matching series.
+
+        `transient`: each series' arrays are reused for the next one (read them before asking for it), which
+        saves faulting in fresh memory for every series of a long range.
+        """
         store = self._store
         for sid, series, head in self._matching(selector):
             days = store._days(self._conn, start_ms, end_ms, head, self._stored)
-            ts, values = store._samples(self._conn, sid, start_ms, end_ms, head, days=days)
+            ts, values = store._samples(self._conn, sid, start_ms, end_ms, head, days=days, transient=transient)
             if len(ts):
                 yield SeriesData(series, ts, values)
 

@@ -185,7 +185,44 @@ async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend()
     assert local(steps[0]).startswith("Fri 22:1")
 
     result = await preview(by_name["BondedLights"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
-    assert result.steps == [] and result.notes == ["thing changes are not stored: the triggers on things never fire in this preview"]
+    assert result.steps == [] and result.notes == [
+        "thing changes are not recorded here: the triggers on things never fire in this preview"]
+
+
+async def test_the_preview_of_the_demos_bonded_lights_replays_the_recorded_thing_changes(tmp_path):
+    """The live rule records the things' changes as a hub does; the preview over them makes the same writes."""
+    from pathlib import Path
+
+    from roost.rules.loader import load_file
+    from roost.rules.thinglog import ThingLog
+
+    (source,), _ = load_file(Path(__file__).resolve().parent.parent / "src" / "roost" / "demo" / "rules" / "bonded.py")
+    live = []
+
+    class Recording(FakeThing):
+        async def _write(self, name, value):
+            live.append((house.clock.now(), f"{self.title}.{name} = {json.dumps(value)}"))
+
+    def things(cls):
+        return [cls("Lounge Lamp", id="lounge-lamp", on=False, brightness=60), cls("Porch Light", id="porch-light", on=False)]
+
+    start = datetime(2024, 6, 7, 16, tzinfo=timezone.utc)
+    async with RuleHarness(source.cls, things=things(Recording), start=start, thing_log=tmp_path / "changes") as house:
+        await house.clock.advance("1h")
+        await house.set("Lounge Lamp", on=True)  # someone uses the dashboard: the porch light follows
+        await house.clock.advance("2h")
+        await house.change("Porch Light", on=False)  # the porch light's own switch: the lamp follows
+        await house.clock.advance("1h")
+        await house.set("Lounge Lamp", brightness=20)  # not "on": the rule leaves it
+    by_rule = [w for w in live if w[1] not in ("Lounge Lamp.on = true", "Lounge Lamp.brightness = 20")]  # not the test's
+    assert [a for _, a in by_rule] == ["Porch Light.on = true", "Lounge Lamp.on = false"]
+
+    result = await preview(source, things=things(FakeThing), history=lambda *a: (), start=start,
+                           end=start + timedelta(hours=5), place=Place(timezone="UTC"), changes=ThingLog(tmp_path / "changes").read)
+    assert [(s.at, s.action) for s in result.steps] == by_rule
+    assert [s.sentence for s in result.steps] == ["Lounge Lamp changes: turn on Porch Light",
+                                                  "Porch Light changes: turn off Lounge Lamp"]
+    assert result.notes == []
 
 
 async def test_the_hub_answers_a_rules_preview_as_json(tmp_path):
@@ -241,3 +278,20 @@ async def test_the_hub_answers_a_rules_preview_as_json(tmp_path):
             assert r.status == 404 and (await r.json())["error"] == "no rule named 'Cool' (rules: CoolDown)"
         async with http.get("/api/rules/CoolDown/preview", params={"since": "1y"}) as r:
             assert r.status == 400
+
+
+async def test_the_thing_log_keeps_switches_and_settings_but_not_sensor_numbers(tmp_path):
+    from roost.rules.thinglog import ThingLog
+    from roost.things import PropertySpec
+
+    lamp = FakeThing("Lamp", id="lamp", on=False, brightness=10,
+                     specs=[PropertySpec("temperature", "number", read_only=True)])
+    async with RuleHarness(things=[lamp], start=START, thing_log=tmp_path / "changes") as house:
+        await house.change("Lamp", temperature=21.5, on=True)
+        await house.clock.advance("1d")
+        await house.set("Lamp", brightness=40)
+    lo = int(START.timestamp() * 1000)
+    assert list(ThingLog(tmp_path / "changes").read(lo, lo + 2 * 86_400_000)) == [
+        (lo, "lamp", "on", True, "device"), (lo + 86_400_000, "lamp", "brightness", 40, "api"),
+    ]
+    assert sorted(p.name for p in (tmp_path / "changes").iterdir()) == ["2024-06-07.jsonl", "2024-06-08.jsonl"]

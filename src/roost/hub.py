@@ -177,7 +177,7 @@ class Hub:
         self.rules = RuleEngine(
             self.things, place=settings.place(), readings=self.bus, history=self.store.read,
             max_failures=settings.max_failures, state_dir=self.settings.hub.data / "rules-state",
-            wait_for_things=True, notify=settings.notify,
+            wait_for_things=True, notify=settings.notify, thing_log=self.settings.hub.data / "thing-changes",
         )
         await self.rules.__aenter__()
         self.metrics.registry.register(RuleCollector(self.rules))  # roost_rule_{runs,errors}_total, roost_rule_enabled

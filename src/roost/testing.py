@@ -166,6 +166,7 @@ class RuleHarness:
         history: Any = None,
         state_dir: str | Path | None = None,
         notify: Iterable[Any] = (),
+        thing_log: str | Path | None = None,
     ):
         self.place = Place(latitude, longitude, timezone)
         self.clock = FakeClock(start, self.place)
@@ -179,7 +180,7 @@ class RuleHarness:
         self.engine = RuleEngine(
             self.registry, clock=self.clock, place=self.place, readings=self.bus, history=history,
             max_failures=max_failures, state_dir=Path(state_dir) if state_dir is not None else None,
-            notify=notify,
+            notify=notify, thing_log=Path(thing_log) if thing_log is not None else None,
         )
         self.problems: list[str] = []
 

@@ -54,10 +54,14 @@ def add_rule_routes(app: web.Application, hub: Hub) -> None:
         end = datetime.now(timezone.utc)
         view = hub.store.read_view()
 
+        log = engine.thing_log
+
         def run(view) -> dict:
+            if log is not None:
+                log.flush()  # the changes of the last seconds too
             return asyncio.run(preview(rt.source, things=things, history=view.read, start=end - timedelta(milliseconds=since_ms),
                                        end=end, place=engine.place, properties=dict(rt.property_values),
-                                       notify=engine.notify_targets)).as_json()
+                                       notify=engine.notify_targets, changes=log.read if log is not None else None)).as_json()
 
         body = await asyncio.get_running_loop().run_in_executor(previews, view.run, run)
         return json_response(body)

@@ -151,6 +151,7 @@ def _preview(args: argparse.Namespace, settings, sources, problems: list[str]) -
     from roost.errors import ConfigError
     from roost.rules.preview import preview
     from roost.rules.proxy import did_you_mean
+    from roost.rules.thinglog import ThingLog
 
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -171,7 +172,8 @@ def _preview(args: argparse.Namespace, settings, sources, problems: list[str]) -
     try:
         result = asyncio.run(preview(source, things=list(registry) if registry is not None else None, history=store.read,
                                      start=end - since, end=end, place=place,
-                                     properties=live.get(f"rule-{args.rule}"), notify=settings.rules.notify))
+                                     properties=live.get(f"rule-{args.rule}"), notify=settings.rules.notify,
+                                     changes=ThingLog(settings.hub.data / "thing-changes").read))
     finally:
         store.close()
     if registry is None:

@@ -36,6 +36,7 @@ from roost.rules.proxy import ThingProxy, did_you_mean
 from roost.rules.rule import If, Rule, WhileRule, While, rule_properties
 from roost.rules.english import rule_sentence
 from roost.rules.state import RuleStateStore
+from roost.rules.thinglog import ThingLog
 from roost.rules.triggers import Threshold, ThingTrigger, TimeTrigger, Trigger
 from roost.selector import Selector
 from roost.rules.settings import NotifySettings
@@ -589,6 +590,7 @@ class RuleEngine:
         strict: bool = True,
         wait_for_things: bool = False,
         notify: Iterable[NotifySettings] = (),
+        thing_log: Path | None = None,
     ):
         self.registry = registry
         self.wait_for_things = wait_for_things
@@ -614,6 +616,7 @@ class RuleEngine:
         self.tracer: Callable[[RuleRuntime, Trigger | str | None, str], None] | None = None  # for previews
         self.notify_targets = list(notify)
         self.last_reloaded: list[str] = []  # the files the last reload_if_changed() reloaded
+        self.thing_log = ThingLog(thing_log) if thing_log is not None else None  # thing changes, for previews
         self._reload_lock = asyncio.Lock()
         self.notifier: Any = None  # roost.rules.notify.Notifier while running, when targets are configured
 
@@ -625,7 +628,7 @@ class RuleEngine:
         self.spawn(self._follow_changes(self.registry.changes.subscribe("rules", maxsize=100_000)), "rules-changes")
         if self.readings is not None:
             self.spawn(self._follow_readings(self.readings.subscribe("rules", maxsize=100_000)), "rules-readings")
-        if self.state is not None:
+        if self.state is not None or self.thing_log is not None:
             self.spawn(self._save_periodically(), "rules-state")
         if self.notify_targets:
             from roost.rules.notify import Notifier
@@ -639,6 +642,8 @@ class RuleEngine:
         self.flush()
         if self.state is not None:
             self.state.close()  # the last states written before the hub goes
+        if self.thing_log is not None:
+            self.thing_log.flush()
         assert self._group is not None
         for task in list(self._group._tasks):
             task.cancel()
@@ -998,6 +1003,8 @@ class RuleEngine:
         try:
             while True:
                 change = await sub.get()
+                if self.thing_log is not None and not change.thing_id.startswith("rule-"):
+                    self.thing_log.record(change, self.registry, int(self.clock.now().timestamp() * 1000))
                 listeners = self._by_thing.get(change.thing_id)
                 if not listeners:
                     continue
@@ -1059,6 +1066,8 @@ class RuleEngine:
         while True:
             await asyncio.sleep(_SAVE_EVERY_S)
             self.flush()  # last_run of rules that only ran (nothing they promised changed)
+            if self.thing_log is not None:
+                await asyncio.to_thread(self.thing_log.flush)
 
 
 async def _guarded(rt: RuleRuntime, awaitable: Any, what: str) -> None:

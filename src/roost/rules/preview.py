@@ -100,12 +100,15 @@ async def preview(
     place: Place,
     properties: dict[str, Any] | None = None,
     notify: Iterable[Any] = (),
+    changes: Callable[[int, int], Iterable[tuple[int, str, str, Any, str]]] | None = None,
 ) -> Preview:
     """The timeline of what the rule would have done between `start` and `end`, and notes on what a preview
     cannot show. `history` is a store's `read`; `things` the hub's things (their values now are the start's;
     None: no hub answered, and the things the rule names start with no values and take any property);
     `properties` the rule's settings as the hub has them (else their defaults); `notify` the `[[rules.notify]]`
-    targets, whose rate limits the preview applies (none given: any target name is taken, without a limit)."""
+    targets, whose rate limits the preview applies (none given: any target name is taken, without a limit);
+    `changes` the recorded thing changes (`ThingLog.read`): those before `start` give the things their values
+    then, those after are replayed, but for the rule's own writes, which the preview makes itself."""
     from roost.testing import FakeThing, RuleHarness, settle
 
     steps: list[Step] = []
@@ -135,6 +138,13 @@ async def preview(
         stand_in.properties = thing.properties  # also those with no value yet
         stand_ins.append(stand_in)
 
+    name = source.cls.__name__
+    lo, hi = int(start.timestamp() * 1000) + 1, int(end.timestamp() * 1000) + 1
+    if changes is not None:
+        by_id = {t.id: t for t in stand_ins}
+        for _ts, thing_id, prop, value, _origin in changes(lo - _BEFORE_MS, lo):
+            if thing_id in by_id:
+                by_id[thing_id].values[prop] = value
     harness = RuleHarness(source.cls, things=stand_ins, start=start, latitude=place.latitude,
                           longitude=place.longitude, timezone=place.timezone, history=history)
 
@@ -147,29 +157,38 @@ async def preview(
     if properties:
         harness.engine._saved[source.cls.__name__] = {"properties": properties}  # as a restarted hub takes them
     notes: list[str] = []
-    name = source.cls.__name__
     async with harness as house:
         notes += house.problems
         rt = house.engine.runtimes.get(name)
         if rt is None or not rt.armed:
             return Preview(name, name, start, end, steps, notes or [f"{name} could not be armed"])
-        if any(isinstance(t, ThingTrigger) for t in rt.triggers):
-            notes.append("thing changes are not stored: the triggers on things never fire in this preview")
+        if changes is None and any(isinstance(t, ThingTrigger) for t in rt.triggers):
+            notes.append("thing changes are not recorded here: the triggers on things never fire in this preview")
         thresholds = [t for t in rt.triggers if isinstance(t, Threshold)]
-        lo, hi = int(start.timestamp() * 1000) + 1, int(end.timestamp() * 1000) + 1
         streams = []
         for trigger in thresholds:
             for data in history(trigger.selector, lo, hi):
                 streams.append([(int(ts), data.series, float(v)) for ts, v in zip(data.ts.tolist(), data.values.tolist())])
-        for ts, series, value in heapq.merge(*streams, key=lambda item: item[0]):
+        if changes is not None:
+            own = f"rule:{name}"
+            streams.append([(ts, (thing_id, prop, value, origin), None) for ts, thing_id, prop, value, origin
+                            in changes(lo, hi) if origin != own and thing_id in house.registry])
+        for ts, subject, value in heapq.merge(*streams, key=lambda item: item[0]):
             when = datetime.fromtimestamp(ts / 1000, timezone.utc)
             if when > house.clock.now():
                 await house.clock.advance_to(when)
-            house.bus.publish(Reading(series, ts, value))
+            if isinstance(subject, tuple):  # a recorded thing change
+                thing_id, prop, new, origin = subject
+                house.registry.report(thing_id, prop, new, origin=origin, ts_ms=ts)
+            else:
+                house.bus.publish(Reading(subject, ts, value))
             await settle()
         if end > house.clock.now():
             await house.clock.advance_to(end)
     return Preview(name, rt.sentence, start, end, steps, notes)
+
+
+_BEFORE_MS = 2 * 86_400_000  # how far before the start a thing's last recorded value is looked for
 
 
 class _AnyTarget(dict):

@@ -10,8 +10,10 @@ and a rules directory of `--rules` While rules, rule i being
 The fans are zigbee2mqtt things (roost's own MQTT→thing wiring: a write publishes `zigbee2mqtt/fan<i>/set`).
 A driver process publishes sensor readings at `--rate` per second, round robin over the sensors, each crossing
 the threshold the other way than last time, and times each one until the matching `/set` arrives. The same
-driver first measures the bare broker round trip (publish and receive one message, same rate, same QoS 1).
-Readings go through the hub's real ingest path (WAL and fsync before the bus) on their way to the rules.
+driver measures the bare broker round trip (publish and receive one message, same rate, same QoS 1), the two
+alternating in `--blocks` blocks, so that a busy moment of a shared machine does not fall on one of them only.
+Readings go through the hub's real ingest path on their way to the rules: the WAL write, then the bus (the
+group commit's fsync follows, before anything is acknowledged; `--no-fsync` leaves it out).
 """
 
 import argparse
@@ -41,75 +43,74 @@ import aiomqtt
 
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)  # the peer at its best: no Nagle delay on small packets
 
-port, rules, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+port, rules, rate, seconds, blocks = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 
 def stats(samples):
     s = sorted(samples)
     pick = lambda q: s[min(len(s) - 1, int(q * len(s)))] * 1000
     return {"n": len(s), "p50": pick(0.50), "p99": pick(0.99), "max": s[-1] * 1000}
 
-async def paced(count, send):
+async def paced(first, count, send):
     start = time.perf_counter()
-    for k in range(count):
-        delay = start + k / rate - time.perf_counter()
+    for k in range(first, first + count):
+        delay = start + (k - first) / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         await send(k)
 
-async def bare(client, count):
-    sent, got = {}, []
-    done = asyncio.Event()
-    async def receive():
-        async for message in client.messages:
-            k = int(message.payload)
-            got.append(time.perf_counter() - sent.pop(k))
-            if len(got) == count:
-                done.set()
-                return
-    await client.subscribe("bench/echo/#", qos=1)
-    reader = asyncio.create_task(receive())
-    async def send(k):
-        sent[k] = time.perf_counter()
-        await client.publish(f"bench/echo/{k % rules}", str(k), qos=1)
-    await paced(count, send)
-    await asyncio.wait_for(done.wait(), 30)
-    await client.unsubscribe("bench/echo/#")
-    return got
+class Bare:
+    # the broker alone: publish a message and receive it back
+    def __init__(self, client):
+        self.client, self.sent, self.got = client, {}, []
 
-async def through_rules(client, count):
-    sent, got, hot = {}, [], [False] * rules
-    done = asyncio.Event()
-    async def receive():
-        async for message in client.messages:
+    async def receive(self):
+        async for message in self.client.messages:
+            k = int(message.payload)
+            self.got.append(time.perf_counter() - self.sent.pop(k))
+
+    async def send(self, k):
+        self.sent[k] = time.perf_counter()
+        await self.client.publish(f"bench/echo/{k % rules}", str(k), qos=1)
+
+class ThroughRules:
+    # a sensor reading crossing its threshold, until its fan's /set arrives
+    def __init__(self, client):
+        self.client, self.sent, self.got, self.hot = client, {}, [], [False] * rules
+
+    async def receive(self):
+        async for message in self.client.messages:
             fan = str(message.topic).split("/")[1]
-            state = json.loads(message.payload).get("state")
-            t = sent.pop((fan, state), None)
+            t = self.sent.pop((fan, json.loads(message.payload).get("state")), None)
             if t is not None:
-                got.append(time.perf_counter() - t)
-                if len(got) == count:
-                    done.set()
-                    return
-    await client.subscribe("zigbee2mqtt/+/set", qos=1)
-    reader = asyncio.create_task(receive())
-    async def send(k):
+                self.got.append(time.perf_counter() - t)
+
+    async def send(self, k):
         i = k % rules
-        hot[i] = not hot[i]
-        sent[(f"fan{i}", "ON" if hot[i] else "OFF")] = time.perf_counter()
-        await client.publish(f"zigbee2mqtt/sensor{i}", json.dumps({"temperature": 30 if hot[i] else 20}), qos=1)
-    await paced(count, send)
-    try:
-        await asyncio.wait_for(done.wait(), 30)
-    except asyncio.TimeoutError:
-        pass
-    return got, count - len(got)
+        self.hot[i] = not self.hot[i]
+        self.sent[(f"fan{i}", "ON" if self.hot[i] else "OFF")] = time.perf_counter()
+        await self.client.publish(f"zigbee2mqtt/sensor{i}", json.dumps({"temperature": 30 if self.hot[i] else 20}), qos=1)
+
+async def settle(path, deadline_s=30):
+    deadline = time.perf_counter() + deadline_s
+    while path.sent and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
 
 async def main():
-    count = int(rate * seconds)
-    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-driver", socket_options=NODELAY) as client:
-        b = await bare(client, count)
-    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-driver-2", socket_options=NODELAY) as client:
-        r, lost = await through_rules(client, count)
-    print(json.dumps({"bare": stats(b), "rules": stats(r), "lost": lost}))
+    # Bare and through-rules alternate in blocks, so a busy moment of the machine falls on both alike.
+    per_block = int(rate * seconds / blocks)
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-driver", socket_options=NODELAY) as b_client, \
+               aiomqtt.Client("127.0.0.1", port, identifier="bench-driver-2", socket_options=NODELAY) as r_client:
+        await b_client.subscribe("bench/echo/#", qos=1)
+        await r_client.subscribe("zigbee2mqtt/+/set", qos=1)
+        bare, through = Bare(b_client), ThroughRules(r_client)
+        readers = [asyncio.create_task(bare.receive()), asyncio.create_task(through.receive())]
+        for block in range(blocks):
+            for path in (bare, through):
+                await paced(block * per_block, per_block, path.send)
+                await settle(path)
+        for reader in readers:
+            reader.cancel()
+    print(json.dumps({"bare": stats(bare.got), "rules": stats(through.got), "lost": len(through.sent)}))
 
 asyncio.run(main())
 '''
@@ -124,17 +125,6 @@ class Fan{i}(WhileRule):
     def action(self, *args):
         self.fan{i}.on = True
 '''
-
-
-def _nodelay_for_roost() -> None:
-    """Make every aiomqtt client in this process (the hub's source) set TCP_NODELAY."""
-    original = aiomqtt.Client.__init__
-
-    def init(self, *args, **kwargs):
-        kwargs.setdefault("socket_options", ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
-        original(self, *args, **kwargs)
-
-    aiomqtt.Client.__init__ = init
 
 
 def free_port() -> int:
@@ -188,7 +178,7 @@ async def bench(args: argparse.Namespace, work: Path, port: int) -> dict:
                 if time.monotonic() > deadline:
                     raise SystemExit("the rules did not arm: their things did not appear")
         driver = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", DRIVER, str(port), str(args.rules), str(args.rate), str(args.seconds),
+            sys.executable, "-c", DRIVER, str(port), str(args.rules), str(args.rate), str(args.seconds), str(args.blocks),
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await driver.communicate()
@@ -199,14 +189,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", type=int, default=500)
     parser.add_argument("--rate", type=float, default=100.0, help="sensor events per second")
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--source-nodelay", action="store_true",
-                        help="give the hub's MQTT client TCP_NODELAY (what sources/mqtt.py does not set yet)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="of each measurement (bare, through the rules)")
+    parser.add_argument("--blocks", type=int, default=6, help="bare and through-rules alternate in this many blocks")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",
                         help="store.fsync = false: take the disk's sync time out of the path")
     args = parser.parse_args()
-    if args.source_nodelay:
-        _nodelay_for_roost()
     work = Path(tempfile.mkdtemp(prefix="roost-bench-rules-"))
     broker, port = start_mosquitto(work)
     try:

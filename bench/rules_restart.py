@@ -14,7 +14,8 @@
 4. Bytes per rule event, in this process on the same file system: the engine on the test clock with a state
    directory there (roost.testing.RuleHarness), for each kind of event a rule saves — a timer started, a timer
    fired, a threshold fired and broken, a While rule in effect and undone, a schedule fired — the files and
-   bytes its state store wrote; and the time of one atomic write (write, fsync, rename) on this disk.
+   bytes its state store wrote, and the bytes appended to the thing-change log (`thing-changes/`, for
+   previews); and the time of one atomic write (write, fsync, rename) on this disk.
 """
 
 from __future__ import annotations
@@ -210,17 +211,23 @@ async def per_event(work: Path, writes: int) -> None:
               FakeThing("Coffee", on=False)]
     state_dir = work / "events"
     rows = []
-    async with RuleHarness(Boost, Hot, FanWhileClosed, CoffeeAtSix, things=things, start="2024-03-06 05:00", state_dir=state_dir) as house:
+    changes = work / "thing-changes"
+    async with RuleHarness(Boost, Hot, FanWhileClosed, CoffeeAtSix, things=things, start="2024-03-06 05:00",
+                           state_dir=state_dir, thing_log=changes) as house:
         store = house.engine.state
         house.engine.flush()
         await asyncio.to_thread(store.drain)
 
+        def logged() -> int:
+            house.engine.thing_log.flush()
+            return sum(p.stat().st_size for p in changes.glob("*.jsonl"))
+
         async def event(name: str, act) -> None:
-            bytes0, writes0 = store.bytes_written, store.writes
+            bytes0, writes0, log0 = store.bytes_written, store.writes, logged()
             await act()
             house.engine.flush()
             await asyncio.to_thread(store.drain)  # the states are written by the store's worker thread
-            rows.append((name, store.writes - writes0, store.bytes_written - bytes0))
+            rows.append((name, store.writes - writes0, store.bytes_written - bytes0, logged() - log0))
 
         await event("timer started (Boost)", lambda: house.change("Boost Button", pressed=True))
         await event("timer fired (Boost)", lambda: house.clock.advance("30m"))
@@ -232,9 +239,10 @@ async def per_event(work: Path, writes: int) -> None:
     failed = [rt.name for rt in house.engine.runtimes.values() if rt.errors_total]
     if failed:
         raise SystemExit(f"rules failed: {failed}")
-    print("\nbytes written per rule event (the rule's own state file, replaced atomically; target < 4096):")
-    for name, files, size in rows:
-        print(f"  {name:<42} {files} file(s) {size:5d} bytes")
+    print("\nbytes written per rule event (target < 4096): the rule's own state file, replaced atomically; and the\n"
+          "lines appended to thing-changes/ for previews (every change of a thing, the event's own included)")
+    for name, files, size, lines in rows:
+        print(f"  {name:<42} {files} file(s) {size:5d} bytes  + {lines:4d} bytes of thing changes")
 
     probe = RuleStateStore(work / "probe")
     body = {"enabled": True, "last_run": "2024-03-06T06:30:00+00:00", "properties": {},

@@ -1203,6 +1203,7 @@ class ReadView:
         self._heads = heads
         self._conn: sqlite3.Connection | None = None
         self._stored: list[tuple[int, int]] = []
+        self._matched: dict[Selector, list[tuple[int, Series]]] = {}
 
     def run(self, fn, *, wait: bool = True):
         """`fn(self)` inside one read transaction; again on a newer snapshot if garbage collection moved a chunk.
@@ -1230,16 +1231,22 @@ class ReadView:
 
     def count(self, selector: Selector) -> int:
         """How many series match (what a query's cost grows with); needs no `run`."""
-        name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
-        return sum(1 for _sid, s in self._series if (name is None or s.metric == name) and selector.matches(s))
+        return len(self._matches(selector))
+
+    def _matches(self, selector: Selector) -> list[tuple[int, Series]]:
+        found = self._matched.get(selector)
+        if found is None:
+            name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
+            found = self._matched[selector] = [
+                (sid, s) for sid, s in self._series if (name is None or s.metric == name) and selector.matches(s)
+            ]
+        return found
 
     def _matching(self, selector: Selector) -> Iterator[tuple[int, Series, list[tuple[np.ndarray, np.ndarray]]]]:
         if self._conn is None:
             raise StoreError("ReadView reads only inside run()")
-        name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
-        for sid, series in self._series:
-            if (name is None or series.metric == name) and selector.matches(series):
-                yield sid, series, [(t, v) for t, v in self._heads.get(sid, ()) if len(t)]
+        for sid, series in self._matches(selector):
+            yield sid, series, [(t, v) for t, v in self._heads.get(sid, ()) if len(t)]
 
     def read(self, selector: Selector, start_ms: int, end_ms: int, *, transient: bool = False) -> Iterator[SeriesData]:
         """As `Store.read`: raw samples with start_ms <= ts < end_ms of every matching series.

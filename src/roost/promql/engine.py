@@ -475,10 +475,17 @@ def _extrapolated_rate(is_counter: bool, is_rate: bool):
         first_v = v[lo]
         result = v[hi - 1] - first_v
         if is_counter:
-            # a drop between consecutive samples is a reset: the counter restarted from zero
-            resets = np.zeros(len(v))
-            resets[1:] = np.where(v[1:] < v[:-1], v[:-1], 0.0)
-            result = result + _sparse_window_sum(resets, lo + 1, hi)
+            # a drop between consecutive samples is a reset: the counter restarted from zero, so the value
+            # before it is added back (the sum over each window's resets, as `_sparse_window_sum` adds them)
+            fell = np.flatnonzero(v[1:] < v[:-1])
+            lost = v[fell]
+            at = fell[lost != 0] + 1
+            lost = lost[lost != 0]
+            added = np.zeros(len(lo))
+            if len(at):
+                n_lo, n_hi = np.searchsorted(at, lo + 1), np.searchsorted(at, hi)
+                added = np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
+            result = result + added
         out[ok] = _extrapolate(result, ts[lo], ts[hi - 1], first_v, n, ref, range_ms, is_counter, is_rate)
         return out, ok
 

@@ -356,32 +356,44 @@ def _instant_body(result, t: int) -> bytes:
 def _range_body(result, start: int, end: int, step: int) -> bytes:
     if isinstance(result, RawMatrix):
         raise BadData("invalid expression type \"range vector\" for range query, must be Scalar or instant Vector")
-    steps = np.arange(start, end + 1, step, dtype=np.int64) / 1000
+    seconds = np.arange(start, end + 1, step, dtype=np.int64) / 1000
     if isinstance(result, np.ndarray):
-        result = Vector([()], result[None, :], np.ones((1, len(steps)), bool))
+        result = Vector([()], result[None, :], np.ones((1, len(seconds)), bool))
+    stamps = orjson.dumps(seconds.tolist())[1:-1].split(b",")  # every step's text, once for all series
     parts = []
     for i, lb in enumerate(result.labels):
         idx = np.flatnonzero(result.present[i])
         if len(idx):
-            parts.append(b'{"metric":%s,"values":%s}' % (orjson.dumps(_metric(lb)), _points(steps[idx], result.values[i, idx])))
+            own = stamps if len(idx) == len(stamps) else list(map(stamps.__getitem__, idx.tolist()))
+            points = _points(own, result.values[i, idx])
+            parts.append(b'{"metric":%s,"values":%s}' % (orjson.dumps(_metric(lb)), points))
     return b'{"status":"success","data":{"resultType":"matrix","result":[%s]}}' % b",".join(parts)
 
 
-def _points(seconds: np.ndarray, values: np.ndarray) -> bytes:
-    """`[[t, "v"], ...]` as Prometheus writes a series' points (values as `format_value` writes them).
+_OPEN, _MID = b'"],[', b',"'
 
-    orjson writes the pairs as numbers, in one call on a (points, 2) array; the values are then quoted by
-    replacing bytes: `,` only parts a timestamp from its value and `]` only closes a pair (or the list). A series
-    with values that Go writes differently from orjson beyond a trailing `.0` (NaN, infinities, exponents)
-    takes the slower `format_values`.
+
+def _points(stamps: list[bytes], values: np.ndarray) -> bytes:
+    """`[[t, "v"], ...]` as Prometheus writes a series' points, from the steps' texts and the values.
+
+    orjson writes the values in one call on the array; a trailing `.0` is cut as Go does, and the pieces are
+    interleaved with the step texts by list slicing and joined once. A series with values that Go writes
+    differently from orjson beyond the `.0` (NaN, infinities, exponents) takes `format_values`.
     """
     magnitude = np.abs(values)
     with np.errstate(invalid="ignore"):
         special = ~np.isfinite(values) | (magnitude >= 1e16) | ((magnitude < 1e-4) & (values != 0))
     if special.any():
-        return orjson.dumps(list(zip(seconds.tolist(), format_values(values))))
-    text = orjson.dumps(np.column_stack((seconds, values)), option=orjson.OPT_SERIALIZE_NUMPY)
-    return (text[:-2].replace(b",", b',"').replace(b'],"[', b'"],[') + b'"]]').replace(b'.0"', b'"')
+        texts = [t.encode() for t in format_values(values)]
+    else:
+        texts = (orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1] + b",").replace(b".0,", b",").split(b",")
+    n = len(values)
+    out = [_OPEN] * (4 * n + 1)
+    out[0], out[4 * n] = b"[[", b'"]]'
+    out[1::4] = stamps
+    out[2::4] = [_MID] * n
+    out[3::4] = texts[:n]
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------- text exposition of stored series

@@ -10,11 +10,13 @@ import time
 
 import aiohttp
 import numpy as np
+import orjson
 
 from prometheus_peers import Prometheus, need
-from roost.api.prometheus import format_values
+from roost.api.prometheus import _range_body, format_value, format_values
 from roost.export import encode_write_request
 from roost.model import Reading, Series, now_ms
+from roost.promql import Vector
 
 
 async def _demo_like(hub) -> int:
@@ -42,6 +44,29 @@ def test_sample_values_are_written_as_prometheus_writes_them():
         float("nan"): "NaN", float("inf"): "+Inf", float("-inf"): "-Inf", 1234.5678: "1234.5678",
     }
     assert format_values(np.array(list(expected))) == list(expected.values())
+
+
+def test_range_answers_have_every_present_point_with_its_value_written_as_prometheus_writes_it():
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 5))
+        values = [
+            np.round(rng.normal(20, 5, (k, n)), 2),  # some whole numbers among them
+            rng.normal(0, 1e-3, (k, n)),  # exponents in repr
+            rng.choice([0.0, -0.0, 100.0, 1e16, 1e-5, np.nan, np.inf, -np.inf, 0.1 + 0.2, 5e-5, 1e-4], (k, n)),
+            rng.normal(0, 1e9, (k, n)),
+        ][trial % 4]
+        present = rng.random((k, n)) > 0.3
+        start, step = 1_702_000_000_123, int(rng.choice([1000, 1500, 600_000]))
+        body = orjson.loads(_range_body(Vector([(("room", f"r{i}"),) for i in range(k)], values, present), start,
+                                        start + (n - 1) * step, step))
+        seconds = ((start + np.arange(n) * step) / 1000).tolist()
+        expected = [
+            {"metric": {"room": f"r{i}"},
+             "values": [[seconds[j], format_value(float(values[i, j]))] for j in np.flatnonzero(present[i]).tolist()]}
+            for i in range(k) if present[i].any()
+        ]
+        assert body == {"status": "success", "data": {"resultType": "matrix", "result": expected}}
 
 
 def _promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -47,8 +47,11 @@ class Source(Protocol):
         """Raw samples with start_ms <= ts < end_ms of every matching series (`transient`: arrays valid only until
         the next series is asked for)."""
 
-    def summaries(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> Iterable[tuple[Series, Summary]]:
-        """Summaries of the buckets of `width_ms` in [start_ms, end_ms) of every matching series."""
+    def summaries(
+        self, selector: Selector, start_ms: int, end_ms: int, width_ms: int, *, resets: bool = True
+    ) -> Iterable[tuple[Series, Summary]]:
+        """Summaries of the buckets of `width_ms` in [start_ms, end_ms) of every matching series (`resets`: whether
+        the caller reads their counter resets)."""
 
 
 @dataclass(slots=True)
@@ -153,14 +156,16 @@ class Evaluator:
                 return width
         return None
 
-    def _bucketed(self, vs: ast.VectorSelector, range_ms: int, width: int, fn) -> tuple[list[Series], np.ndarray, np.ndarray]:
+    def _bucketed(
+        self, vs: ast.VectorSelector, range_ms: int, width: int, fn, resets: bool = False
+    ) -> tuple[list[Series], np.ndarray, np.ndarray]:
         """`fn(buckets)` -> (values, present) over the matching series' summaries, on one bucket grid from the first
         window's start to the last step, in batches of series that keep the grid at ~20 MB."""
         lo = int(self.steps[0]) - vs.offset_ms - range_ms
         hi = int(self.steps[-1]) - vs.offset_ms + width  # the bucket starting at the last step holds its edge sample
         per_batch = max(1, _BATCH_BUCKETS // ((hi - lo) // width))
         series, values, present, batch = [], [], [], []
-        for found in itertools.chain(self.source.summaries(vs.selector, lo, hi, width), [None]):
+        for found in itertools.chain(self.source.summaries(vs.selector, lo, hi, width, resets=resets), [None]):
             if found is not None:
                 series.append(found[0])
                 batch.append(found[1])
@@ -215,7 +220,8 @@ class Evaluator:
         keep_name = call.func == "last_over_time"
         if width is not None:
             series, values, ok = self._bucketed(
-                ms.vector, ms.range_ms, width, lambda b: _BUCKETED[call.func](b, ref, ms.range_ms)
+                ms.vector, ms.range_ms, width, lambda b: _BUCKETED[call.func](b, ref, ms.range_ms),
+                resets=call.func in ("rate", "increase"),
             )
             labels = [series_labels(x) if keep_name else _drop_name(series_labels(x)) for x in series]
             vec = _compact(Vector(labels, values, ok))

@@ -41,11 +41,12 @@ from roost.errors import StoreError, StoreFullError
 from roost.model import MAX_FUTURE_MS, Reading, Series, now_ms
 from roost.selector import Selector
 from roost.store import wal
-from roost.store.blocks import BLOCK_DAYS, decode_rows, encode_rows
+from roost.store.blocks import BLOCK_DAYS, Extras, decode_block, decode_rows, encode_rows, keep_resets
 from roost.store.codec import Decoded, decode_chunk, encode_chunk
 from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, bucketize, rollup_samples
 from roost.store.segments import ChunkMoved, DataFiles
-from roost.store.summaries import Summary, summarize
+from roost.store.summaries import FIELDS as SUMMARY_FIELDS
+from roost.store.summaries import COUNT, FIRST, FIRST_TS, LAST, LAST_TS, MAX, MIN, RESETS, SUM, TS, Summary, summarize
 
 log = logging.getLogger("roost.store")
 
@@ -56,7 +57,8 @@ AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
 _BLOCK_OFFSETS = np.arange(BLOCK_DAYS, dtype=np.int64)
 _FULL_MASK = (1 << BLOCK_DAYS) - 1
 _ROLLUP_CACHE_BLOCKS = 4096  # ~32 KB decoded each: a year of 10 series x 12 blocks is 120
-_SUMMARY_CACHE_BYTES = 16 * 1024 * 1024  # day summaries: ~2 KB hourly, ~23 KB 5-minute; a month of 100 series hourly is 6 MB
+# 5-minute day summaries ~23 KB, hourly ones of a rollup block ~61 KB: a week and a month of 100 series fit together
+_SUMMARY_CACHE_BYTES = 32 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -142,6 +144,13 @@ def merge_samples(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     return ts[keep], values[keep]
 
 
+def _hourly(ts: np.ndarray, values: np.ndarray) -> tuple[Rows, Extras]:
+    """A finished day's hourly rollup rows and the summary extras stored beside them (blocks.py)."""
+    rows = rollup_samples(ts, values, HOUR_MS)
+    summary = summarize(ts, values, HOUR_MS).rows
+    return rows, Extras(summary[FIRST], summary[FIRST_TS] - summary[TS], summary[LAST_TS] - summary[TS], summary[RESETS])
+
+
 _SCRATCH_SAMPLES = 1 << 20  # 16 MB of ts and values kept per query thread for transient reads
 
 
@@ -204,9 +213,9 @@ class Store:
         self._compact_lock = threading.RLock()  # held by every write transaction (re-entered by GC)
         self._cache: OrderedDict[tuple[int, int], Decoded] = OrderedDict()
         self._cache_bytes = 0
-        self._rollup_cache: OrderedDict[tuple[int, int, int], tuple[Rows, int]] = OrderedDict()
+        self._rollup_cache: OrderedDict[tuple[int, int, int], tuple[Rows, int, Extras | None]] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._summary_cache: OrderedDict[tuple[int, int, int], Summary] = OrderedDict()
+        self._summary_cache: OrderedDict[tuple, Summary] = OrderedDict()  # by chunk location or rollup block
         self._summary_bytes = 0
         self._scratch = threading.local()  # per thread: arrays for transient reads (`_gather`)
         self._view_lock = threading.Lock()  # one ReadView reads at a time, on `_view_conn`
@@ -539,7 +548,7 @@ class Store:
         ids = [_row_id(int(days[s]), sid) for s in starts]
         existing = dict(self._load_chunks(conn, ids))
         sealed: list[tuple[int, int, bytes]] = []
-        finished: dict[int, Rows] = {}
+        finished: dict[int, tuple[Rows, Extras]] = {}
         last = None
         for row_id, s, e in zip(ids, starts, ends):
             day_ts, day_values = ts[s:e], values[s:e]
@@ -549,7 +558,7 @@ class Store:
             day = row_id >> _SID_BITS
             if day < today:
                 sealed.append((row_id, len(day_ts), blob))
-                finished[day] = rollup_samples(day_ts, day_values, HOUR_MS)
+                finished[day] = _hourly(day_ts, day_values)
             else:
                 self._drop_sealed(conn, [row_id])
                 conn.execute("INSERT OR REPLACE INTO open_chunks (id, n, data) VALUES (?, ?, ?)", (row_id, len(day_ts), blob))
@@ -604,10 +613,10 @@ class Store:
         if not rows:
             return 0
         self._write_sealed(conn, [(row_id, n, blob) for row_id, n, blob in rows])
-        by_series: dict[int, dict[int, Rows]] = defaultdict(dict)
+        by_series: dict[int, dict[int, tuple[Rows, Extras]]] = defaultdict(dict)
         for row_id, _n, blob in rows:
             ts, values = decode_chunk(blob)
-            by_series[row_id & _SID_MASK][row_id >> _SID_BITS] = rollup_samples(ts, values, HOUR_MS)
+            by_series[row_id & _SID_MASK][row_id >> _SID_BITS] = _hourly(ts, values)
         for sid, days in by_series.items():
             self._update_hourly(conn, sid, days)
         return len(rows)
@@ -638,12 +647,12 @@ class Store:
                 out.append((row_id, hit))
         return out
 
-    def _decoded_rollups(self, rid: int, blob: bytes) -> tuple[Rows, int]:
+    def _decoded_rollups(self, rid: int, blob: bytes) -> tuple[Rows, int, Extras | None]:
         """Decode an hourly rollup block, cached by its id and content (blocks are rewritten as days seal)."""
         key = (rid, len(blob), zlib.crc32(blob))
         hit = self._rollup_cache.get(key)
         if hit is None:
-            hit = decode_rows(blob)
+            hit = decode_block(blob)
             with self._cache_lock:
                 self._rollup_cache[key] = hit
                 while len(self._rollup_cache) > _ROLLUP_CACHE_BLOCKS:
@@ -694,28 +703,39 @@ class Store:
                 self.files.path(file_id).unlink(missing_ok=True)
         return len(removed)
 
-    def _update_hourly(self, conn: sqlite3.Connection, sid: int, days: dict[int, Rows]) -> None:
-        by_block: dict[int, dict[int, Rows]] = defaultdict(dict)
-        for day, rows in days.items():
-            by_block[day // BLOCK_DAYS][day] = rows
+    def _update_hourly(self, conn: sqlite3.Connection, sid: int, days: dict[int, tuple[Rows, Extras]]) -> None:
+        """Put the hourly rollups (and summary extras, blocks.py) of finished days into their 32-day blocks."""
+        by_block: dict[int, dict[int, tuple[Rows, Extras]]] = defaultdict(dict)
+        for day, hourly in days.items():
+            by_block[day // BLOCK_DAYS][day] = hourly
         ids = [_row_id(b, sid) for b in by_block]
         existing = dict(self._fetch(conn, "rollup_1h", ids))
         for block, new_days in by_block.items():
             row_id = _row_id(block, sid)
+            rows_parts: list[Rows] = []
+            extras_parts: list[Extras] | None = []
+            mask = 0
             if row_id in existing:
-                rows, mask = decode_rows(existing[row_id])
+                rows, mask, extras = decode_block(existing[row_id])
                 keep = ~np.isin(rows.ts // DAY_MS, list(new_days))
-                parts = [Rows(*(getattr(rows, f)[keep] for f in ("ts", *Rows.FIELDS)))]
-            else:
-                parts, mask = [], 0
-            parts += list(new_days.values())
-            for day in new_days:
+                if keep.any():
+                    rows_parts.append(Rows(*(getattr(rows, f)[keep] for f in ("ts", *Rows.FIELDS))))
+                    extras_parts = None if extras is None else [extras.select(keep)]  # a version 1 block stays one
+            for day, (rows, extras) in new_days.items():
+                rows_parts.append(rows)
+                if extras_parts is not None:
+                    extras_parts.append(extras)
                 mask |= 1 << (day % BLOCK_DAYS)
-            merged = Rows.concat(parts)
+            merged = Rows.concat(rows_parts)
             order = np.argsort(merged.ts, kind="stable")
             merged = Rows(*(getattr(merged, f)[order] for f in ("ts", *Rows.FIELDS)))
+            more = None
+            if extras_parts is not None:
+                more = Extras.concat(extras_parts).select(order)
+                if more.resets is not None and not keep_resets(more.resets):
+                    more.resets = None
             conn.execute(
-                "INSERT OR REPLACE INTO rollup_1h (id, data) VALUES (?, ?)", (row_id, encode_rows(merged, mask))
+                "INSERT OR REPLACE INTO rollup_1h (id, data) VALUES (?, ?)", (row_id, encode_rows(merged, mask, more))
             )
 
     @staticmethod
@@ -916,7 +936,7 @@ class Store:
             blocks = range(days.start // BLOCK_DAYS, (days.stop - 1) // BLOCK_DAYS + 1) if days else range(0)
             skip = np.array(sorted(head_days), np.int64)
             for rid, blob in self._fetch(conn, "rollup_1h", [_row_id(b, sid) for b in blocks]):
-                rows, mask = self._decoded_rollups(rid, blob)
+                rows, mask, _extras = self._decoded_rollups(rid, blob)
                 first_day = (rid >> _SID_BITS) * BLOCK_DAYS
                 if mask == _FULL_MASK and days.start <= first_day and first_day + BLOCK_DAYS <= days.stop and not len(skip):
                     rolled.update(range(first_day, first_day + BLOCK_DAYS))  # the common case of a long range
@@ -991,6 +1011,49 @@ class Store:
             self._view_conn = _connect(self.db_path)
         return self._view_conn
 
+    def _hourly_summaries(
+        self, conn: sqlite3.Connection, sid: int, days: Iterable[int], resets: bool, out: list[Summary]
+    ) -> set[int]:
+        """Hourly summaries of sealed `days` from the rollup blocks that keep the extras (appended to `out`); the
+        days served. A block from before the extras, or without resets when they are needed, serves none."""
+        by_block: dict[int, list[int]] = defaultdict(list)
+        for day in days:
+            by_block[day // BLOCK_DAYS].append(day)
+        served: set[int] = set()
+        for rid, blob in self._fetch(conn, "rollup_1h", [_row_id(b, sid) for b in by_block]):
+            rows, mask, extras = self._decoded_rollups(rid, blob)
+            if extras is None or (resets and extras.resets is None):
+                continue
+            wanted = sorted(d for d in by_block[rid >> _SID_BITS] if mask >> (d % BLOCK_DAYS) & 1)
+            if not wanted:
+                continue
+            summary = self._block_summary(rid, blob, rows, extras)
+            if wanted[-1] - wanted[0] + 1 == len(wanted):  # the usual case: a run of days
+                out.append(summary.between(wanted[0] * DAY_MS, (wanted[-1] + 1) * DAY_MS))
+            else:
+                out.append(Summary(summary.rows[:, np.isin(rows.ts // DAY_MS, wanted)]))
+            served.update(wanted)
+        return served
+
+    def _block_summary(self, rid: int, blob: bytes, rows: Rows, extras: Extras) -> Summary:
+        """The hourly summary of a whole rollup block, from the summary cache (keyed by the block's content)."""
+        key = (rid, len(blob), zlib.crc32(blob), "block")
+        with self._cache_lock:
+            hit = self._summary_cache.get(key)
+            if hit is not None:
+                self._summary_cache.move_to_end(key)
+                return hit
+        ts = rows.ts.astype(np.float64)
+        table = np.empty((len(SUMMARY_FIELDS), len(ts)))
+        table[TS], table[COUNT], table[SUM], table[MIN], table[MAX] = ts, rows.count, rows.sum, rows.min, rows.max
+        table[FIRST_TS], table[FIRST] = ts + extras.first_offset, extras.first
+        table[LAST_TS], table[LAST] = ts + extras.last_offset, rows.last
+        table[RESETS] = extras.resets if extras.resets is not None else 0.0  # then never read: see _hourly_summaries
+        table.setflags(write=False)
+        summary = Summary(table)
+        self._summary_put(key, summary)
+        return summary
+
     def _chunk_summary(self, file_id: int, offset: int, length: int, width_ms: int) -> Summary:
         """The summary of a sealed chunk, from a bounded cache (sealed bytes never change, see `_decoded_chunks`)."""
         key = (file_id, offset, width_ms)
@@ -1002,13 +1065,18 @@ class Store:
             raw = self._cache.get((file_id, offset))
         ts, values = raw.arrays() if raw is not None else decode_chunk(self.files.read(file_id, offset, length))
         summary = summarize(ts, values, width_ms)
+        self._summary_put(key, summary)
+        return summary
+
+    def _summary_put(self, key: tuple, summary: Summary) -> None:
         with self._cache_lock:
+            if key in self._summary_cache:  # two threads made it at once
+                return
             self._summary_cache[key] = summary
             self._summary_bytes += summary.nbytes
             while self._summary_bytes > _SUMMARY_CACHE_BYTES and self._summary_cache:
                 _key, old = self._summary_cache.popitem(last=False)
                 self._summary_bytes -= old.nbytes
-        return summary
 
     def latest(self) -> dict[Series, tuple[int, float]]:
         """The newest sample of every series (also what other processes imported)."""
@@ -1261,11 +1329,15 @@ class ReadView:
             if len(ts):
                 yield SeriesData(series, ts, values)
 
-    def summaries(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> Iterator[tuple[Series, Summary]]:
+    def summaries(
+        self, selector: Selector, start_ms: int, end_ms: int, width_ms: int, *, resets: bool = True
+    ) -> Iterator[tuple[Series, Summary]]:
         """Summaries (summaries.py) of the buckets of `width_ms` in [start_ms, end_ms) (multiples of the width).
 
-        Sealed day chunks come from the summary cache; days with an open chunk, head samples or only 5-minute
-        rollups are summarized from what `read` would return for them.
+        Hourly summaries of sealed days come from the hourly rollup blocks where those keep the extras (and the
+        resets, when `resets` says the caller needs them): nothing is decoded. Other sealed days come from the
+        summary cache; days with an open chunk, head samples or only 5-minute rollups are summarized from what
+        `read` would return for them.
         """
         store, conn = self._store, self._conn
         for sid, series, head in self._matching(selector):
@@ -1276,16 +1348,21 @@ class ReadView:
             for t, _v in head:
                 head_days.update(np.unique(t[(t >= start_ms) & (t < end_ms)] // DAY_MS).tolist())
             ids = [_row_id(d, sid) for d in days if d not in head_days]
-            parts: list[Summary] = []
-            sealed: set[int] = set()
+            located: dict[int, tuple[int, int, int]] = {}
             for i in range(0, len(ids), 500):
                 part = ids[i : i + 500]
                 for row_id, file_id, offset, length in conn.execute(
                     f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
                 ).fetchall():
+                    located[row_id >> _SID_BITS] = (file_id, offset, length)
+            parts: list[Summary] = []
+            served: set[int] = set()
+            if width_ms == HOUR_MS and located:
+                served = store._hourly_summaries(conn, sid, located, resets, parts)
+            for day, (file_id, offset, length) in located.items():
+                if day not in served:
                     parts.append(store._chunk_summary(file_id, offset, length, width_ms))
-                    sealed.add(row_id >> _SID_BITS)
-            rest = [d for d in days if d not in sealed]
+            rest = [d for d in days if d not in located]
             if rest:
                 ts, values = store._samples(conn, sid, start_ms, end_ms, head, days=rest)
                 parts.append(summarize(ts, values, width_ms))

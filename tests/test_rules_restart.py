@@ -7,11 +7,15 @@ the promised time, once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import shutil
 import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ import pytest
 from roost.model import Series
 from roost.rules import AbsoluteTimeTrigger, Changed, Rule, SunTrigger, Threshold, WhileRule
 from roost.rules.errors import RuleError
+from roost.rules.state import RuleStateStore
 from roost.store.engine import SeriesData
 from roost.testing import FakeThing, RuleHarness
 
@@ -331,6 +336,130 @@ def test_catch_up_must_be_a_duration():
         AbsoluteTimeTrigger("06:30", catch_up="two hours")
 
 
+# ------------------------------------------------------------------ exactly once across a crash
+
+# What a kill -9 at a point of a rule leaves behind is what is on disk then: `at_crash` copies the state files
+# (each replaced atomically, so each is whole) to another directory, which a second harness starts from.
+CRASH: dict[str, Any] = {}
+
+
+def crash_here() -> None:
+    if (hook := CRASH.pop("hook", None)) is not None:
+        hook()
+
+
+def at_crash(state: Path, to: Path) -> None:
+    to.mkdir(exist_ok=True)
+    for path in state.glob("*.json"):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(path, to / path.name)
+
+
+class TimerDone(Rule):
+    """Thirty minutes after the button is pressed, count."""
+
+    def register_triggers(self):
+        return (Changed(self.Boost_Button, "pressed"),)
+
+    def action(self, *args):
+        if self.Boost_Button.pressed:
+            self.after("30m", self.done)
+
+    def done(self):
+        crash_here()
+        self.Done.count = self.Done.count + 1
+
+
+class HoldDone(Rule):
+    """When the lounge has been above 25 for 10 minutes, count."""
+
+    def register_triggers(self):
+        return (Threshold('temperature_celsius{room="lounge"} > 25 for 10m'),)
+
+    def action(self, *args):
+        crash_here()
+        self.Done.count = self.Done.count + 1
+
+
+class ScheduleDone(Rule):
+    """At 06:30, count (catching up for two hours)."""
+
+    def register_triggers(self):
+        return (AbsoluteTimeTrigger("06:30", catch_up="2h"),)
+
+    def action(self, *args):
+        crash_here()
+        self.Done.count = self.Done.count + 1
+
+
+# the lounge above 25 from 06:00 local (05:00 UTC): the hold is due at 06:10
+LOUNGE = stored([(utc("2024-03-06 04:59"), 24.0)] + [(utc(f"2024-03-06 05:{m:02d}"), 26.0) for m in range(60)])
+
+
+async def keep_the_promise(house, kind: str) -> None:
+    if kind == "timer":
+        await house.change("Boost Button", pressed=True)
+    house.engine.flush()
+    await asyncio.to_thread(house.engine.state.drain)  # the promise on disk, as in the minutes before it is due
+    await house.clock.advance_to({"timer": "06:30", "hold": "06:10", "schedule": "06:30"}[kind])
+
+
+def crash_harness(kind: str, done: FakeThing, state: Path, start: str) -> RuleHarness:
+    rule = {"timer": TimerDone, "hold": HoldDone, "schedule": ScheduleDone}[kind]
+    return RuleHarness(rule, things=[FakeThing("Boost Button", pressed=False), done], start=start,
+                       history=LOUNGE, state_dir=state)
+
+
+@pytest.mark.parametrize("kind", ["timer", "hold", "schedule"])
+async def test_a_promise_whose_action_started_before_a_crash_is_not_kept_again(tmp_path, kind):
+    """Killed just as the action starts: the state on disk says the promise was kept, so the restarted hub does
+    not act again (a timer's, a hold's or a schedule's state was only queued for writing then, before)."""
+    state, crashed = tmp_path / "state", tmp_path / "crashed"
+    done = FakeThing("Done", count=0)
+    CRASH["hook"] = lambda: at_crash(state, crashed)
+    async with crash_harness(kind, done, state, "2024-03-06 06:00") as house:
+        await keep_the_promise(house, kind)
+        assert done["count"] == 1 and "hook" not in CRASH
+    async with crash_harness(kind, done, crashed, "2024-03-06 06:45") as house:
+        await house.clock.advance("1h")
+    assert done["count"] == 1
+
+
+@pytest.mark.parametrize("kind", ["timer", "hold", "schedule"])
+async def test_a_promise_due_when_a_crash_came_before_its_state_was_written_is_kept_once(tmp_path, kind, monkeypatch):
+    """Killed while the state saying "kept" is being written: the action has not run yet, and the restarted
+    hub runs it, once."""
+    state, crashed = tmp_path / "state", tmp_path / "crashed"
+    done = FakeThing("Done", count=0)
+    seen: list[dict] = []
+    acted_at_crash: list[int] = []
+    save = RuleStateStore.save
+
+    def kept(saved: dict) -> bool:  # the state says the promise was kept (as against every state before)
+        if kind == "timer":
+            return any("timers" in s for s in seen) and "timers" not in saved
+        if kind == "hold":
+            return bool(saved.get("thresholds"))
+        return any(s.get("times") for s in seen) and saved.get("times") != next(s["times"] for s in seen if s.get("times"))
+
+    def crashing_save(store, name, saved):
+        if not acted_at_crash and kept(saved):
+            at_crash(state, crashed)  # the disk when the process dies before this write completes
+            acted_at_crash.append(done["count"])
+        seen.append(saved)
+        save(store, name, saved)
+
+    monkeypatch.setattr(RuleStateStore, "save", crashing_save)
+    async with crash_harness(kind, done, state, "2024-03-06 06:00") as house:
+        await keep_the_promise(house, kind)
+    assert acted_at_crash == [0]  # the action had not run when its promise was being written as kept
+    monkeypatch.setattr(RuleStateStore, "save", save)
+    again = FakeThing("Done", count=0)
+    async with crash_harness(kind, again, crashed, "2024-03-06 06:45") as house:
+        await house.clock.advance("1h")
+    assert again["count"] == 1
+
+
 # ------------------------------------------------------------------ reloading one file
 
 
@@ -516,6 +645,82 @@ def test_a_killed_hub_keeps_a_pending_hold_and_a_timer_at_their_promised_times(t
     assert abs(seen["hot"][0] - (pushed + 8)) < 1.0
     assert abs(seen["over"][0] - (boosted + 8)) < 1.0
 
+
+def test_a_hub_that_dies_as_a_timer_acts_or_just_before_does_not_act_twice_or_never(tmp_path):
+    """Two real crashes: `Once` kills the process (os._exit) as its timer's method starts, `Late` as the state
+    saying its timer is over is being written (the rule file wraps the state store's write). After each restart
+    each timer's method has run exactly once."""
+    import time
+
+    from conftest import HubProcess
+
+    config = real_hub_setup(tmp_path, '''
+        import os
+
+        from roost.rules.state import RuleStateStore
+
+        _save = RuleStateStore.save
+
+
+        def save(store, name, state):
+            if name == "Late" and "timers" not in state and "late" in MARKS.read_text() and "crashed" not in MARKS.read_text():
+                mark("crashed")
+                os._exit(9)  # killed before the write saying the timer is over reaches the disk
+            _save(store, name, state)
+
+
+        RuleStateStore.save = save
+
+
+        class Once(Rule):
+            """Two seconds after a request, marks "over", and the first time dies at once."""
+
+            def register_triggers(self):
+                return (Threshold('once_requested{room="test"} > 0'),)
+
+            def action(self, *args):
+                mark("once")
+                self.after("2s", self.over)
+
+            def over(self):
+                crashed = "over" in MARKS.read_text()
+                mark("over")
+                if not crashed:
+                    os._exit(9)
+
+
+        class Late(Rule):
+            """Six seconds after a request, marks "late_over"."""
+
+            def register_triggers(self):
+                return (Threshold('late_requested{room="test"} > 0'),)
+
+            def action(self, *args):
+                mark("late")
+                self.after("6s", self.over)
+
+            def over(self):
+                mark("late_over")
+    ''')
+    data = tmp_path / "data"
+    seen = lambda: marks(tmp_path / "marks")  # noqa: E731
+    hub = HubProcess(data, "-c", str(config))
+    try:
+        push(hub, "once_requested,room=test value=1\nlate_requested,room=test value=1\n")
+        wait_until(lambda: "over" in seen(), "Once's timer")
+        assert hub.proc.wait(timeout=10) == 9  # died in the timer's method
+        hub = HubProcess(data, "-c", str(config))
+        wait_until(lambda: "crashed" in seen(), "Late's timer")
+        assert hub.proc.wait(timeout=10) == 9  # died writing that the timer is over
+        assert "late_over" not in seen()
+        hub = HubProcess(data, "-c", str(config))
+        wait_until(lambda: "late_over" in seen(), "Late's timer after the restart")
+        time.sleep(2)  # anything run twice would be there by now
+    finally:
+        if hub.proc.poll() is None:
+            hub.kill(9)
+    counts = {what: len(at) for what, at in seen().items()}
+    assert counts == {"once": 1, "late": 1, "over": 1, "crashed": 1, "late_over": 1}
 
 def test_a_schedule_missed_by_a_killed_hub_is_caught_up_once_or_logged(tmp_path):
     import time

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class FakeClock:
         self._now = self._parse(start)
         self._sleepers: list[tuple[datetime, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self.busy: Callable[[], Iterable[asyncio.Future[Any]]] = tuple  # I/O to wait for: the engine's state writes
 
     def _parse(self, when: datetime | str) -> datetime:
         if isinstance(when, str):
@@ -94,17 +95,24 @@ class FakeClock:
                 raise ValueError(f"advance_to({when!r}): that is in the past (now {self.local_now():%Y-%m-%d %H:%M:%S})")
         return await self._run_until(target)
 
-    async def _run_until(self, target: datetime) -> datetime:
+    async def settle(self) -> None:
+        """`settle()`, and wait for the I/O of `busy` (a state write before an action) and settle again."""
         await settle()
+        while pending := [f for f in self.busy() if not f.done()]:
+            await asyncio.wait(pending)
+            await settle()
+
+    async def _run_until(self, target: datetime) -> datetime:
+        await self.settle()
         while self._sleepers and self._sleepers[0][0] <= target:
             when, _, future = heapq.heappop(self._sleepers)
             if future.done():  # cancelled sleeper
                 continue
             self._now = max(self._now, when)
             future.set_result(None)
-            await settle()
+            await self.settle()
         self._now = max(self._now, target)
-        await settle()
+        await self.settle()
         return self.local_now()
 
 
@@ -182,6 +190,7 @@ class RuleHarness:
             max_failures=max_failures, state_dir=Path(state_dir) if state_dir is not None else None,
             notify=notify, thing_log=Path(thing_log) if thing_log is not None else None,
         )
+        self.clock.busy = lambda: self.engine.saving
         self.problems: list[str] = []
 
     async def __aenter__(self) -> RuleHarness:
@@ -209,7 +218,7 @@ class RuleHarness:
                 problems += trouble
         problems += await self.engine.load(sources)
         self.problems = problems
-        await settle()
+        await self.clock.settle()
         return problems
 
     def rule(self, name: str) -> RuleRuntime:
@@ -223,19 +232,19 @@ class RuleHarness:
         thing = self.things[title]
         for name, value in values.items():
             self.registry.report(thing.id, name, value, ts_ms=int(self.clock.now().timestamp() * 1000))
-        await settle()
+        await self.clock.settle()
 
     async def set(self, title: str, **values: Any) -> None:
         """Someone sets values through the API (origin "api"), checked and written like any request."""
         thing = self.things.get(title) or self.registry.get(title)
         for name, value in values.items():
             await self.registry.set(thing.id, name, value, origin="api")
-        await settle()
+        await self.clock.settle()
 
     async def enable(self, rule: str, enabled: bool = True) -> None:
         """Switch a rule on or off through its thing, as the API does."""
         await self.registry.set(f"rule-{rule}", "enabled", enabled, origin="api")
-        await settle()
+        await self.clock.settle()
 
     async def reading(self, series: str, value: float) -> None:
         """A sensor sample now: `await house.reading('temperature_celsius{room="lounge"}', 26.5)`."""
@@ -243,4 +252,4 @@ class RuleHarness:
         labels = {m.name: m.value for m in selector.matchers if m.name != "__name__" and m.op == "="}
         metric = next(m.value for m in selector.matchers if m.name == "__name__")
         self.bus.publish(Reading(Series.of(metric, labels), int(self.clock.now().timestamp() * 1000), float(value)))
-        await settle()
+        await self.clock.settle()

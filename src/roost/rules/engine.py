@@ -49,6 +49,7 @@ History = Callable[[Selector, int, int], Iterable[Any]]  # store.read: SeriesDat
 _THRESHOLD_LOOKBACK_MS = 5 * 60_000
 _THRESHOLD_LOOKBACK_MAX_MS = 86_400_000  # how far back a hold that began before a long outage is looked for
 _SAVE_EVERY_S = 10.0
+_DUE_WAIT_S = 10.0  # how long stopping a rule waits for the state writes of its due actions
 _WAIT_BEFORE_ERROR_S = 60.0  # a rule's things normally appear within seconds of the start: retained MQTT states
 
 
@@ -101,6 +102,7 @@ class RuleRuntime:
         self._tasks: set[asyncio.Task] = set()
         self._action: asyncio.Task | None = None
         self._writer_task: asyncio.Task | None = None
+        self._due: set[asyncio.Future[None]] = set()  # actions waiting for their state to reach the disk
 
     # ------------------------------------------------------------------ what it promised (saved, restored)
 
@@ -213,12 +215,18 @@ class RuleRuntime:
         if self.timers.get(name) is not timer:
             return
         del self.timers[name]
-        self.persist()  # saved before acting: a crash in the action does not run it twice
+        timer.task = None  # due: starting the same timer again now starts a new one
+        self.last_run = self.clock.now()  # written with it: one write for the event
+        try:
+            await self.save_before_acting()  # "consumed" on disk first: a crash from here on does not run it again
+        except asyncio.CancelledError:
+            self.timers.setdefault(name, timer)  # stopped before it could act: still promised
+            self.persist()
+            raise
         method = getattr(self.rule, name)
         self.engine.trace(self, f"timer {name}()", "act")
-        self.last_run = self.clock.now()
         self.runs_total += 1
-        self.engine.note_run(self)
+        self.engine.note_run(self, saved=self.engine.state is not None)
         try:
             result = method(*timer.args)
             if inspect.isawaitable(result):
@@ -229,6 +237,35 @@ class RuleRuntime:
             self._failed(f"{name}", err)
         else:
             self.failures = 0
+
+    async def save_before_acting(self) -> None:
+        """Write this rule's state and wait until it is on disk (in the state store's thread: the event loop
+        stays free), before an action that fires from a saved promise. A crash before the write completes
+        leaves the promise pending, so the restarted hub keeps it; a crash after it leaves it kept, so the
+        action does not run again. Stopping or reloading the rule waits for these writes and lets the action
+        start (`disarm`)."""
+        if self.engine.state is None:
+            return
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._due.add(started)
+        try:
+            await self.engine.save_now(self)
+        finally:
+            self._due.discard(started)
+            if not started.done():
+                started.set_result(None)
+
+    def _durably(self, then: Callable[[], None]) -> None:
+        """`then()` once this rule's state is on disk (at once without a state directory: checks, previews)."""
+        if self.engine.state is None:
+            then()
+            return
+
+        async def run() -> None:
+            await self.save_before_acting()
+            then()
+
+        self.spawn(run())
 
     # ------------------------------------------------------------------ what the rule object asks for
 
@@ -310,13 +347,18 @@ class RuleRuntime:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def fire(self, trigger: Trigger, subject: Any, name: str | None, value: Any, *, release: bool = False) -> None:
+    def fire(
+        self, trigger: Trigger, subject: Any, name: str | None, value: Any, *, release: bool = False,
+        durable: bool = False,
+    ) -> None:
+        """A trigger fired: act (or undo) as the rule's mode says. `durable`: it fired from a saved promise (a
+        timer, a hold, a schedule, a catch-up, the state at start), so the state is on disk before acting."""
         if not self.armed:
             return
         self._firing = trigger
         if self.mode == "every":
             if not release:
-                self._act(subject, name, value)
+                self._act(subject, name, value, durable)
             return
         try:
             holds = self._condition()
@@ -326,20 +368,32 @@ class RuleRuntime:
         if self.mode == "if":
             if holds is None:
                 if not release:
-                    self._act(subject, name, value)
+                    self._act(subject, name, value, durable)
             elif holds and not self.last_condition:
-                self._act(subject, name, value)
+                self._act(subject, name, value, durable)
             self.last_condition = bool(holds)
         elif holds and not self.active:
             self.active = True
             self.persist()
-            self._act(subject, name, value)
+            self._act(subject, name, value, durable)
         elif not holds and self.active:
             self._stop_action()
             self.active = False
             self.engine.trace(self, trigger, "undo")
-            self._restore()
+            undo, self.undo = self.undo, {}
             self.persist()
+            if durable:
+                self._durably(lambda: self._restore_later(undo))
+            else:
+                self._restore(undo)
+
+    def _restore_later(self, undo: dict[tuple[str, str], tuple[Thing | None, Any, Any]]) -> None:
+        if self.active:  # in effect again meanwhile: what to put back when it ends is still what came before
+            for key, (thing, before, mine) in undo.items():
+                self.undo[key] = (thing, before, self.undo[key][2]) if key in self.undo else (thing, before, mine)
+            self.persist()
+            return
+        self._restore(undo)
 
     def _condition(self) -> bool | None:
         if self.declared is not None:
@@ -347,11 +401,24 @@ class RuleRuntime:
         assert isinstance(self.rule, WhileRule)
         return bool(self.rule.condition())
 
-    def _act(self, subject: Any, name: str | None, value: Any) -> None:
+    def _act(self, subject: Any, name: str | None, value: Any, durable: bool = False, *, saved: bool = False) -> None:
+        if durable and self.engine.state is not None:
+            trigger = self._firing
+            self.last_run = self.clock.now()  # written with the state before acting: one write for the event
+
+            def act() -> None:
+                if self.mode == "while" and not self.active:
+                    return  # its condition ended while the state was being written: nothing to do, or undo
+                self._firing = trigger
+                self._act(subject, name, value, saved=True)
+
+            self._durably(act)
+            return
         self.engine.trace(self, self._firing, "act")
-        self.last_run = self.clock.now()
+        if not saved:
+            self.last_run = self.clock.now()
         self.runs_total += 1
-        self.engine.note_run(self)
+        self.engine.note_run(self, saved=saved)
         rule = self.rule
         assert rule is not None
         if self.declared is not None:
@@ -405,9 +472,10 @@ class RuleRuntime:
             self._action.cancel()
         self._action = None
 
-    def _restore(self) -> None:
-        """Undo a While rule: put back what it changed, where nobody changed it since."""
-        undo, self.undo = self.undo, {}
+    def _restore(self, undo: dict[tuple[str, str], tuple[Thing | None, Any, Any]] | None = None) -> None:
+        """Undo a While rule: put back what it changed (`undo`, else what it holds), where nobody changed it since."""
+        if undo is None:
+            undo, self.undo = self.undo, {}
         for (thing_id, name), (thing, before, mine) in undo.items():
             if thing is None:  # restored from the saved state: the thing as it is now
                 if thing_id not in self.engine.registry:
@@ -611,6 +679,7 @@ class RuleEngine:
         self._group: asyncio.TaskGroup | None = None
         self._saved: dict[str, dict[str, Any]] = self.state.load() if self.state is not None else {}
         self._dirty: set[str] = set()  # rules whose state changed since it was last saved
+        self.saving: set[asyncio.Future[None]] = set()  # writes awaited before acting, in flight (for tests)
         self._flush_soon = False
         self._files: dict[str, tuple[int, int]] = {}
         self.tracer: Callable[[RuleRuntime, Trigger | str | None, str], None] | None = None  # for previews
@@ -848,9 +917,9 @@ class RuleEngine:
             if rt.mode == "if":
                 rt.last_condition = bool(holds)
             elif holds and not rt.active:
-                rt.fire(rt.triggers[0] if rt.triggers else Trigger(), None, None, None)
+                rt.fire(rt.triggers[0] if rt.triggers else Trigger(), None, None, None, durable=True)
             elif holds is False and rt.active:
-                rt.fire(rt.triggers[0], None, None, None)
+                rt.fire(rt.triggers[0], None, None, None, durable=True)
 
     def _replay_all(self, runtimes: Iterable[RuleRuntime]) -> None:
         """Judge the thresholds of these rules from the stored readings; the thresholds on one metric share one
@@ -920,6 +989,8 @@ class RuleEngine:
         if not rt.armed:
             return
         rt.armed = False
+        if rt._due:  # actions whose state is being written start first: their promise is kept on disk already
+            await asyncio.wait(set(rt._due), timeout=_DUE_WAIT_S)
         rt._stop_action()
         for thing_id in list(self._by_thing):
             self._by_thing[thing_id] = [(r, t) for r, t in self._by_thing[thing_id] if r is not rt]
@@ -991,10 +1062,11 @@ class RuleEngine:
         if self.tracer is not None:
             self.tracer(rt, cause, what)
 
-    def note_run(self, rt: RuleRuntime) -> None:
+    def note_run(self, rt: RuleRuntime, *, saved: bool = False) -> None:
+        """The rule acted: its thing's `last_run`, saved with its next change (`saved`: written already)."""
         if rt.thing_id in self.registry:
             self.registry.report(rt.thing_id, "last_run", _iso(rt.last_run), origin="rules")
-        if self.state is not None:
+        if self.state is not None and not saved:
             self._dirty.add(rt.name)  # saved with the next change, or within _SAVE_EVERY_S
 
     # ------------------------------------------------------------------ events
@@ -1061,6 +1133,18 @@ class RuleEngine:
             state = rt.state()
             self._saved[name] = state
             self.state.save_soon(name, state)  # written by a worker thread: the loop never waits for the disk
+
+    async def save_now(self, rt: RuleRuntime) -> None:
+        """Write the rule's state now and return once it is on disk; the write is the state store's worker
+        thread's, after the states queued before it, so the event loop does not wait for the disk."""
+        if self.state is None:
+            return
+        state = rt.state()
+        self._saved[rt.name] = state
+        done = asyncio.wrap_future(self.state.save_now(rt.name, state))
+        self.saving.add(done)
+        done.add_done_callback(self.saving.discard)
+        await asyncio.shield(done)  # a cancelled wait leaves the write to finish
 
     async def _save_periodically(self) -> None:
         while True:

@@ -8,7 +8,9 @@ there are. The former single `rules-state.json` (enabled, last run, settings) is
 
 The hub saves through `save_soon`: the files are written by a worker thread, in order, the latest state of
 each rule once. On the event loop the writes held every rule's reaction for the disk (open, fsync and rename
-on an SD card take milliseconds, at times tens of them), once per event in bench/rules.py.
+on an SD card take milliseconds, at times tens of them), once per event in bench/rules.py. `save_now` goes
+through the same thread and says when the state is on disk: the engine awaits it before an action that fires
+from a saved promise (a timer, a hold, a schedule), so that promise is kept once across a crash.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +83,6 @@ class RuleStateStore:
         self.bytes_written += len(body)
         self.writes += 1
 
-
     def save_soon(self, name: str, state: dict[str, Any]) -> None:
         """`save` in the worker thread (at once if it is idle); a newer state of the rule replaces a waiting one."""
         with self._lock:
@@ -89,6 +90,13 @@ class RuleStateStore:
             self._pending[name] = state
         if idle:
             self._writer.submit(self._save_pending)
+
+    def save_now(self, name: str, state: dict[str, Any]) -> Future[None]:
+        """`save` in the worker thread, after every state handed over before; done once this one is on disk
+        (or failed to be written, which is logged)."""
+        with self._lock:
+            self._pending[name] = state
+        return self._writer.submit(self._save_pending)
 
     def _save_pending(self) -> None:
         with self._lock:

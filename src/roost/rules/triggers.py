@@ -46,7 +46,11 @@ class TriggerContext(Protocol):
     place: Place
     name: str
 
-    def fire(self, trigger: Trigger, subject: Any, name: str | None, value: Any, *, release: bool = False) -> None: ...
+    def fire(
+        self, trigger: Trigger, subject: Any, name: str | None, value: Any, *, release: bool = False,
+        durable: bool = False,
+    ) -> None:
+        """Act on the trigger; `durable`: it fired from a saved promise, so the state is on disk before acting."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task: ...
 
@@ -128,10 +132,10 @@ class TimeTrigger(Trigger):
         when = self.next_after(now, ctx.place)
         if self.keeps_promises:
             promised = ctx.promised(self)
-            if promised is not None and promised <= now:
-                self._missed(promised, now, ctx)
             if promised is None or abs(promised - when) >= timedelta(milliseconds=1):  # saved to the ms
                 ctx.promise(self, when)
+            if promised is not None and promised <= now:
+                self._missed(promised, now, ctx)  # the next time is saved with it: it catches up once
         while True:
             await ctx.clock.sleep_until(when)
             following = self.next_after(when, ctx.place)
@@ -140,8 +144,8 @@ class TimeTrigger(Trigger):
             if following <= now:
                 following = self.next_after(now, ctx.place)
             if self.keeps_promises:
-                ctx.promise(self, following)  # saved before acting: a crash in the action does not run it twice
-            ctx.fire(self, self, None, None)
+                ctx.promise(self, following)  # on disk before acting: a crash in the action does not run it twice
+            ctx.fire(self, self, None, None, durable=self.keeps_promises)
             when = following
 
     def _missed(self, first: datetime, now: datetime, ctx: TriggerContext) -> None:
@@ -157,7 +161,7 @@ class TimeTrigger(Trigger):
         if self.catch_up > timedelta(0) and now - last <= self.catch_up:
             log.info("rule %s: %s fell at %s%s while the hub was down; running it now (catch_up %s)",
                      ctx.name, self.describe(), local, also, format_duration_ms(int(self.catch_up.total_seconds() * 1000)))
-            ctx.fire(self, self, None, None)
+            ctx.fire(self, self, None, None, durable=True)
         else:
             why = (f"more than catch_up {format_duration_ms(int(self.catch_up.total_seconds() * 1000))} ago"
                    if self.catch_up > timedelta(0) else "no catch_up")
@@ -495,8 +499,8 @@ class Threshold(Trigger):
         held.since_ms = None
         held.fired = True
         self.fired[str(series)] = int(ctx.clock.now().timestamp() * 1000)
-        ctx.persist()  # saved before acting, so a restart does not act twice
-        ctx.fire(self, self, str(series), held.value)
+        ctx.persist()  # saved before acting, so a restart does not act twice: a hold's firing is on disk before
+        ctx.fire(self, self, str(series), held.value, durable=self.for_ms > 0)  # (it was a promise), an instant one's queued
 
 
 def _split_selector(spec: str) -> tuple[str, str]:

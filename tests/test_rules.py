@@ -24,6 +24,7 @@ from roost.rules import (
     While,
     WhileRule,
 )
+from roost.rules.errors import UnknownThing
 from roost.rules.triggers import sun_event
 from roost.testing import FakeThing, RuleHarness
 
@@ -738,6 +739,76 @@ def test_roost_check_names_the_rule_file_and_line(tmp_path):
     proc = run_roost("rules", "list", "-c", str(config), "--data", str(tmp_path / "data"), cwd=tmp_path)
     assert proc.stdout.split() == "PorchLight enabled last run never Porch light at dusk.".split()
 
+
+COFFEE_RULES = '''
+    from roost.rules import AbsoluteTimeTrigger, Changed, Rule
+
+
+    class Coffee(Rule):
+        """Coffee at 06:30."""
+
+        def register_triggers(self):
+            return (AbsoluteTimeTrigger("06:30"),)
+
+        def action(self, *args):
+            self.Coffee.on = True
+
+
+    class Holiday(Rule):
+        """No coffee while the holiday switch is on."""
+
+        def register_triggers(self):
+            return (Changed(self.Holiday_Switch, "on"),)
+
+        def action(self, *args):
+            self.rules.Coffee.enabled = not self.Holiday_Switch.on
+'''
+
+
+async def test_a_rule_named_like_a_thing_leaves_the_name_to_the_thing_and_is_self_rules_name(tmp_path, caplog):
+    """Rule Coffee and the coffee machine "Coffee": self.Coffee is the machine, self.rules.Coffee the rule."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    write_rule(rules, "coffee.py", COFFEE_RULES)
+    coffee, holiday = FakeThing("Coffee", on=False), FakeThing("Holiday Switch", on=False)
+    async with RuleHarness(rules, things=[coffee, holiday], start="2024-03-06 06:00") as house:
+        assert house.problems == []
+        await house.clock.advance_to("06:30")
+        assert coffee.writes == [("on", True)]
+        await house.change("Holiday Switch", on=True)
+        assert house.rule("Coffee").enabled is False
+        coffee.values["on"] = False
+        await house.clock.advance_to("06:30")
+        assert coffee.writes == [("on", True)]
+        with pytest.raises(UnknownThing, match='no rule named "Cofee" \\(did you mean "Coffee"\\?\\)'):
+            house.rule("Holiday").rule.rules.Cofee
+    assert (f'{rules / "coffee.py"}:4: warning: rule Coffee has the name of the thing "Coffee": in rules '
+            "self.Coffee is that thing, the rule's own thing is self.rules.Coffee") in caplog.text
+
+
+async def test_roost_check_warns_of_a_rule_named_like_a_thing_of_the_hub(tmp_path):
+    import asyncio
+    from dataclasses import replace
+
+    from conftest import hub_settings, run_roost
+
+    from roost.hub import Hub
+    from roost.rules.settings import RulesSettings
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    write_rule(rules, "coffee.py", COFFEE_RULES)
+    settings = replace(hub_settings(tmp_path / "data"), rules=RulesSettings(directory=rules))
+    async with Hub(settings) as hub:
+        hub.things.add(FakeThing("Coffee", on=False))
+        hub.things.add(FakeThing("Holiday Switch", on=False))
+        config = tmp_path / "roost.toml"
+        config.write_text(f'[rules]\ndirectory = "rules"\n[hub]\nlisten = "{hub.url.removeprefix("http://")}"\n')
+        proc = await asyncio.to_thread(run_roost, "check", "-c", str(config), cwd=tmp_path)
+    assert "rules: 2 rule(s)" in proc.stdout
+    assert ('rules/coffee.py:4: warning: rule Coffee has the name of the thing "Coffee": in rules self.Coffee is that '
+            "thing, the rule's own thing is self.rules.Coffee (rename the rule to tell them apart at a glance)") in proc.stdout
+    assert proc.stdout.count("warning") == 1
 
 async def test_the_hub_runs_rules_as_things_and_remembers_a_disabled_rule(tmp_path):
     from dataclasses import replace

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from roost.rules.engine import check_rules
+from roost.rules.engine import check_rules, name_clash
 from roost.rules.state import read_saved
 from roost.rules.loader import display, load_directory
 from roost.things import PropertySpec, Thing, ThingRegistry
@@ -71,7 +71,9 @@ def _hub_things(
                                enum=tuple(p["enum"]) if "enum" in p else None)
             for name, p in (d.get("properties") or {}).items()
         }
-        thing = registry.add(Thing(id=thing_id, title=d.get("title", thing_id), properties=properties))
+        types = d.get("@type")
+        types = tuple(types) if isinstance(types, list) else (types,) if isinstance(types, str) else ()
+        thing = registry.add(Thing(id=thing_id, title=d.get("title", thing_id), types=types, properties=properties))
         if thing_id.startswith("rule-") or values:
             try:
                 with _get(f"{url}/things/{thing_id}/properties", tls) as response:
@@ -92,6 +94,8 @@ def check(settings) -> tuple[list[str], list[str]]:
     registry, _ = _hub_things(_hub_url(settings), _tls(settings))
     runtimes, trouble = check_rules(sources, registry, settings.rules.place())
     notes = [f"{display(directory)}: {len(sources)} rule(s)"]
+    if registry is not None:
+        notes += [clash for rt in runtimes if (clash := name_clash(rt, registry)) is not None]
     unresolved = sorted({name for rt in runtimes for name in rt.unresolved})
     if registry is None and unresolved:
         notes.append(f"thing names not checked (no hub answers at {_hub_url(settings)}): {', '.join(unresolved)}")

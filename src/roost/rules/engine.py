@@ -301,6 +301,26 @@ class RuleRuntime:
         proxy = self._proxies[name] = ThingProxy(thing, self)
         return proxy
 
+    def rule_thing(self, name: str) -> ThingProxy:
+        """Rule `name`'s own thing (`self.rules.Coffee`): `enabled`, `last_run` and its settings."""
+        key = f"rule-{name}"
+        proxy = self._proxies.get(key)
+        if proxy is not None:
+            return proxy
+        registry = self.engine.registry
+        if key in registry:
+            thing = registry.get(key)
+        elif not self.engine.strict:
+            self.unresolved.add(f"rules.{name}")
+            thing = Thing(id=key, title=name, types=("Rule",), properties=_AnyProperties())
+        else:
+            known = sorted(t.id.removeprefix("rule-") for t in registry if t.id.startswith("rule-"))
+            err = UnknownThing(f'no rule named "{name}"{did_you_mean(name, known)} (self.rules.{name})')
+            err.thing = f"rules.{name}"  # type: ignore[attr-defined]
+            raise err
+        proxy = self._proxies[key] = ThingProxy(thing, self)
+        return proxy
+
     def read(self, thing: Thing, name: str) -> Any:
         pending = self._pending.get((thing.id, name))
         return pending[0] if pending else thing.values.get(name)
@@ -756,7 +776,7 @@ class RuleEngine:
             self.registry.remove(rt.thing_id)
             previous_state[rt.name] = rt.state()
         problems = []
-        started: list[RuleRuntime] = []
+        loaded: list[RuleRuntime] = []
         for source in sources:
             rt = RuleRuntime(self, source)
             if rt.name in self.runtimes:
@@ -765,13 +785,18 @@ class RuleEngine:
                 continue
             rt.restore(previous_state.get(rt.name) or self._saved.get(rt.name, {}))
             self.runtimes[rt.name] = rt
+            self.registry.add(rt.make_thing())  # every rule's thing first: rules may name each other (self.rules.X)
+            loaded.append(rt)
+        started: list[RuleRuntime] = []
+        for rt in loaded:
+            if (clash := name_clash(rt, self.registry)) is not None:
+                log.warning("%s", clash)
             if rt.enabled:
                 problem = self._start(rt)
                 if problem:
                     problems.append(problem)
                 if rt.armed:
                     started.append(rt)
-            self.registry.add(rt.make_thing())
         self._replay_all(started)
         for rt in started:
             if rt.armed:
@@ -1193,13 +1218,26 @@ def _parse_iso(text: Any) -> datetime | None:
         return None
 
 
+def name_clash(rt: RuleRuntime, registry: ThingRegistry) -> str | None:
+    """A warning when a device has the rule's name as its attribute name (rule `Coffee`, thing "Coffee")."""
+    thing = registry.by_attribute().get(rt.name)
+    if thing is None or thing.id == rt.thing_id or "Rule" in thing.types:
+        return None
+    return (f'{rt.source.where}: warning: rule {rt.name} has the name of the thing "{thing.title}": in rules '
+            f"self.{rt.name} is that thing, the rule's own thing is self.rules.{rt.name} (rename the rule to tell "
+            "them apart at a glance)")
+
+
 def check_rules(sources: Iterable[RuleSource], registry: ThingRegistry | None, place: Place | None = None):
     """Bind every rule without running it: (runtimes, problems). Without a registry thing names are not checked
-    (they are collected in each runtime's `unresolved`)."""
+    (they are collected in each runtime's `unresolved`). The rules' own things are added to the registry."""
     engine = RuleEngine(registry or ThingRegistry(), place=place, strict=registry is not None)
     runtimes, problems = [], []
-    for source in sources:
-        rt = RuleRuntime(engine, source)
+    checked = [RuleRuntime(engine, source) for source in sources]
+    for rt in checked:
+        if registry is not None and rt.thing_id not in registry:
+            registry.add(rt.make_thing())
+    for rt in checked:
         try:
             rt.bind()
         except RuleError as err:

@@ -1,7 +1,8 @@
 """The rule API: a class deriving from `Rule` with `register_triggers`, `action` and optionally `initial_state`.
 
 Things are attributes under their sanitized titles (`self.Philips_HUE_01`), their properties attributes of
-those (`self.Philips_HUE_01.on`); assigning one asks the device to take the value.
+those (`self.Philips_HUE_01.on`); assigning one asks the device to take the value. Every rule is a thing too,
+`self.rules.Coffee` (a device of the same name is `self.Coffee`).
 
 If and While: a `Rule` acts on every trigger, once, and never undoes anything. A `WhileRule` acts when its
 `condition()` starts to hold and, when it stops holding, puts back every property the action changed (unless
@@ -49,6 +50,12 @@ class Rule:
         """Called once when the rule is enabled, before any trigger fires."""
 
     @property
+    def rules(self) -> RuleThings:
+        """The rules' own things by rule name: `self.rules.Coffee.enabled = False` (`enabled`, `last_run` and its
+        settings). `self.Coffee` is a device named "Coffee" when there is one, else the rule's thing too."""
+        return RuleThings(self._roost)
+
+    @property
     def triggering_things(self) -> dict[str, ThingProxy]:
         """The things among the triggers, by attribute name."""
         return self._roost.triggering_things
@@ -80,6 +87,20 @@ class Rule:
         if name.startswith("_"):
             raise AttributeError(name)
         return self._roost.thing(name)
+
+
+class RuleThings:
+    """`self.rules`: each rule's thing as an attribute named like the rule."""
+
+    __slots__ = ("_roost",)
+
+    def __init__(self, runtime: RuleRuntime):
+        self._roost = runtime
+
+    def __getattr__(self, name: str) -> ThingProxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._roost.rule_thing(name)
 
 
 class WhileRule(Rule):

@@ -64,7 +64,9 @@ class ThingRegistry:
             raise ThingError(f"a thing with id {thing.id!r} exists already (from {self._things[thing.id].origin})")
         self._things[thing.id] = thing
         if self._by_attribute is not None:
-            self._by_attribute[attribute_name(thing.title)] = thing
+            name = attribute_name(thing.title)
+            if not _is_rule(thing) or name not in self._by_attribute:
+                self._by_attribute[name] = thing
         return thing
 
     def remove(self, thing_id: str) -> None:
@@ -91,12 +93,15 @@ class ThingRegistry:
 
     def by_attribute(self) -> dict[str, Thing]:
         """Things by their sanitized titles, as rules see them (`self.Philips_HUE_01`); do not change the dict.
+        A device shadows a rule's own thing of the same name (rule `Coffee`, thing "Coffee"): rules reach the
+        rule as `self.rules.Coffee`.
 
         Made once per set of things: 500 rules each looking up their things among 1500 must not sanitize every
         title every time (that was a millisecond per lookup on the rules' first actions and reloads).
         """
         if self._by_attribute is None:
-            self._by_attribute = {attribute_name(t.title): t for t in self._things.values()}
+            things = sorted(self._things.values(), key=lambda t: not _is_rule(t))  # devices last: they win
+            self._by_attribute = {attribute_name(t.title): t for t in things}
         return self._by_attribute
 
     def report(self, thing_id: str, name: str, value: Any, *, origin: str = "device", ts_ms: int | None = None) -> bool:
@@ -224,3 +229,7 @@ class ThingRegistry:
         """The thing's recent events, oldest first (of one event when `name` is given)."""
         self.get(thing_id)
         return [e for e in self._event_log.get(thing_id, ()) if name is None or e.name == name]
+
+
+def _is_rule(thing: Thing) -> bool:
+    return "Rule" in thing.types

@@ -53,7 +53,7 @@ __all__ = ["add_prometheus_routes", "exposition", "format_value", "format_values
 
 MAX_WRITE_BYTES = 32 * 1024 * 1024  # decoded; Prometheus sends a few hundred KB per request
 # A query reading at most this many day chunks (series x days) is answered on the event loop, without the hand-over
-# to the query thread: a week of three series. Uncached, that is ~2 ms of decoding; cached, a fraction of that.
+# to the query thread: a week of three series. Uncached, that is ~3 ms of decoding on this loop; cached, under 1 ms.
 INLINE_SERIES_DAYS = 32
 _RATE_WINDOW_S = 60.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 from pathlib import Path
@@ -12,6 +13,7 @@ from roost.errors import RoostError
 __all__ = ["check_listen", "is_loopback", "tls_context"]
 
 
+@functools.lru_cache(maxsize=64)  # asked on every request of an open hub, with the few names it is reached by
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and `localhost`; a name that must be resolved counts as reachable from outside."""
     if host.lower() == "localhost":

@@ -139,6 +139,7 @@ class Load:
         self.stop = threading.Event()
         self.push_acked = 0
         self.push_status: Counter[str] = Counter()
+        self.mqtt_published = 0
         self.mqtt_acked = 0
         self.mqtt_unacked = 0
         self.mqtt_acked_sequence: dict[int, float] = {}  # message sequence number -> when the broker acknowledged it
@@ -205,6 +206,7 @@ class Load:
             with lock:
                 info = client.publish(f"zigbee2mqtt/soak_sensor_{sensor:02d}", json.dumps(payload), qos=1)
                 pending[info.mid] = k
+                self.mqtt_published += 3
             k += 1
             next_at += period
             self.stop.wait(max(0.0, next_at - time.monotonic()))
@@ -484,7 +486,9 @@ def main() -> int:
         ("  of them received by VictoriaMetrics", f"{received:,}" + ("  OK" if received == load.push_acked else "  MISMATCH")
          + f" ({drain_s:.0f} s after the load stopped)"),
         ("  push answers", ", ".join(f"{k}: {v}" for k, v in sorted(load.push_status.items()))),
-        ("MQTT readings acknowledged by the broker", f"{load.mqtt_acked:,} ({load.mqtt_unacked:,} never acknowledged)"),
+        ("MQTT readings published / acknowledged by the broker",
+         f"{load.mqtt_published:,} / {load.mqtt_acked:,} ({load.mqtt_unacked:,} never acknowledged)"
+         + ("" if load.mqtt_acked >= 0.9 * load.mqtt_published else "  THE PUBLISHER STALLED")),
         ("  of them stored", f"{stored.get('mqtt', 0):,}" + (f"  ({len(lost)} messages lost)" if lost else "  OK")),
         ("broker restarts / VictoriaMetrics outages", f"{broker.restarts} / {vm.restarts}"),
         ("hub RSS after warm-up → end", f"{rss_start:.0f} → {rss_end:.0f} MB ({growth:+.1f} %)"
@@ -505,7 +509,8 @@ def main() -> int:
         print(f"kept {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    ok = stored.get("push", 0) == load.push_acked == received and growth <= 10 and not load.probe_failures
+    ok = (stored.get("push", 0) == load.push_acked == received and growth <= 10 and not load.probe_failures
+          and not lost and load.mqtt_acked >= 0.9 * load.mqtt_published)
     print("verdict: " + ("OK" if ok else "FAILED (see above)"))
     return 0 if ok else 1
 

@@ -34,7 +34,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from roost.access import Scope, Token, TokenError, TokenStore, is_loopback
-from roost.api.responses import json_response
+from roost.api.responses import is_websocket, json_response
 
 if TYPE_CHECKING:
     from roost.hub import Hub
@@ -195,10 +195,6 @@ def _host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def _is_websocket(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
 def _refuse_foreign_pages(request: web.Request) -> web.Response | None:
     """Keep other web pages in a browser on this machine away from an open hub (loopback, no tokens).
 
@@ -212,7 +208,7 @@ def _refuse_foreign_pages(request: web.Request) -> web.Response | None:
     if not (is_loopback(host) or host == ac.listen_host):
         return _refuse(403, f"this hub has no access tokens, so it answers only to loopback names, not {request.host!r}: "
                             "create a token (`roost token create`) to reach it under another name (docs/security.md)")
-    if (_is_websocket(request) or request.method not in _SAFE) and _same_origin(request) is False:
+    if (is_websocket(request) or request.method not in _SAFE) and _same_origin(request) is False:
         return _refuse(403, f"cross-origin request from {request.headers['Origin']} refused (docs/security.md)")
     return None
 
@@ -263,7 +259,7 @@ async def _middleware(request: web.Request, handler) -> web.StreamResponse:
         if via_cookie:
             response.del_cookie(COOKIE, path="/")
         return response
-    websocket = _is_websocket(request)
+    websocket = is_websocket(request)
     if via_cookie and (websocket or request.method not in _SAFE):
         same = _same_origin(request)
         if same is False or (websocket and same is None):

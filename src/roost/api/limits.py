@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter as PromCounter
 
+from roost.api.responses import is_websocket
+
 __all__ = ["IDLE_TIMEOUT_S", "MAX_CONNECTIONS", "MAX_STREAMS", "Limits"]
 
 log = logging.getLogger("roost.api")
@@ -34,7 +36,7 @@ _STREAM_PATHS = ("/api/live",)
 
 
 def _is_stream(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket" or request.path in _STREAM_PATHS
+    return is_websocket(request) or request.path in _STREAM_PATHS
 
 
 class Limits:

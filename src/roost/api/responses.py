@@ -15,3 +15,9 @@ def json_response(data: object, status: int = 200) -> web.Response:
     if len(body) > _COMPRESS_ABOVE:
         response.enable_compression()
     return response
+
+
+def is_websocket(request: web.Request) -> bool:
+    """Whether the request asks to be upgraded to a WebSocket."""
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+

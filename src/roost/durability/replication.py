@@ -311,11 +311,15 @@ class Primary:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         return token is not None and hmac.compare_digest(given.encode(), token.reveal().encode())
 
-    def _deny(self, request: web.Request) -> web.Response | None:
+    def _deny(self, request: web.Request, *, following: bool = False) -> web.Response | None:
+        """An error answer for a request replication must refuse; `following`: it must name this primary's id."""
         if not self.settings.enabled:
             return _error(404, "replication is not enabled on this hub: set [replication] token_file")
         if not self._authorized(request):
             return _error(401, "wrong or missing replication token (Authorization: Bearer ...)")
+        if following and request.query.get("id") != self.role["id"]:
+            return _error(409, f"this primary is {self.role['id']} (epoch {self.role['epoch']}), not the one the standby "
+                               "followed: copy the base again")
         return None
 
     async def status(self, request: web.Request) -> web.Response:
@@ -367,12 +371,9 @@ class Primary:
             return resp
 
     async def changes(self, request: web.Request) -> web.Response:
-        if (denied := self._deny(request)) is not None:
+        if (denied := self._deny(request, following=True)) is not None:
             return denied
         q = request.query
-        if q.get("id") != self.role["id"]:
-            return _error(409, f"this primary is {self.role['id']} (epoch {self.role['epoch']}), not the one the standby "
-                               "followed: copy the base again")
         try:
             after = int(q["after"])
             known = int(q.get("series", "0"))
@@ -397,12 +398,9 @@ class Primary:
         return [[sid, s.metric, list(map(list, s.labels))] for sid, s in self.hub.store.series() if sid > known]
 
     async def stream(self, request: web.Request) -> web.Response:
-        if (denied := self._deny(request)) is not None:
+        if (denied := self._deny(request, following=True)) is not None:
             return denied
         q = request.query
-        if q.get("id") != self.role["id"]:
-            return _error(409, f"this primary is {self.role['id']} (epoch {self.role['epoch']}), not the one the standby "
-                               "followed: copy the base again")
         try:
             seq, off = (int(x) for x in q["from"].split(":"))
             known = int(q.get("series", "0"))

@@ -109,7 +109,10 @@ export class History {
     if (!zoom) this.beforeZoom = null;
     const query = new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)]));
     if (zoom) query.set("zoom", "1");
-    location.hash = `#history?${query}`;
+    const hash = `#history?${query}`;
+    if (hash === location.hash) return;
+    this.root.dataset.state = "loading"; // from now: the hashchange that loads the new range comes a task later
+    location.hash = hash;
   }
 
   show(params) {

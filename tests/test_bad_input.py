@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import cramjam
 import pytest
+from conftest import hub_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_modbus import direct
@@ -27,6 +28,7 @@ from test_things import desk_lamp
 from roost.config import load_config
 from roost.errors import ConfigError, QueryError
 from roost.export.prompb import TooLarge, WireError, WriteRequest, decode_write_request, encode_write_request
+from roost.hub import Hub
 from roost.model import LABEL_NAME, METRIC_NAME, Reading, Series, now_ms
 from roost.promql.ast import parse as parse_promql
 from roost.selector import Selector
@@ -432,6 +434,22 @@ async def test_every_bad_remote_write_body_is_refused_and_the_store_keeps_what_i
         == [("kept_total", [5.0])]
 
 
+async def test_remote_write_names_what_the_store_refused_and_counts_each_once(tmp_path):
+    now = now_ms()
+    body = _snappy(_request("ok", {}, [(1.0, now), (float("inf"), now + 1), (2.0, now + 10 * 86_400_000)]))
+    async with Hub(hub_settings(tmp_path / "data", max_series=1)) as hub, aiohttp.ClientSession(hub.url) as http:
+        async with http.post("/api/v1/write", data=body) as r:
+            assert r.status == 400
+            assert (await r.text()).startswith("2 sample(s) refused, 1 stored (do not resend): ok: value is infinite; ok: ")
+        async with http.post("/api/v1/write", data=encode_write_request([Reading(Series.of("new"), now, 1.0)])) as r:
+            assert (r.status, await r.text()) == (
+                400, '1 sample(s) refused, 0 stored (do not resend): new: new series refused: store.max_series reached')
+        rejected = hub.metrics.registry.get_sample_value
+        assert [rejected("roost_rejected_readings_total", {"reason": k}) for k in ("inf", "bad_timestamp",
+                "cardinality_limit")] == [1, 1, 1]
+        assert [d.values.tolist() for d in hub.store.read(Selector.parse("ok"), 0, 2**62)] == [[1.0]]
+
+
 @FUZZ
 @given(st.binary(max_size=200) | st.binary(max_size=200).map(_snappy))
 def test_remote_write_bytes_decode_or_raise_a_wire_error(body):
@@ -441,5 +459,5 @@ def test_remote_write_bytes_decode_or_raise_a_wire_error(body):
         pass
     except WireError as err:
         assert str(err)
-    else:
-        assert all(math.isfinite(r.value) and r.ts_ms >= 0 for r in decoded.readings)
+    else:  # values and timestamps are the store's to refuse (the corpus above); staleness markers are no readings
+        assert not any(struct.pack("<d", r.value) == struct.pack("<Q", 0x7FF0000000000002) for r in decoded.readings)

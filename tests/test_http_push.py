@@ -6,11 +6,14 @@ import asyncio
 import gzip
 from datetime import datetime, timezone
 
+import aiohttp
 import pytest
+from conftest import hub_settings
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.write_api import SYNCHRONOUS
 
+from roost.hub import Hub
 from roost.model import Series, now_ms
 from roost.selector import Selector
 from roost.sources.http_push import MAX_BODY_BYTES
@@ -110,6 +113,21 @@ async def test_malformed_lines_are_named_by_number_and_reason_and_the_rest_is_st
     rejected = hub.metrics.registry.get_sample_value
     assert rejected("roost_rejected_readings_total", {"reason": "syntax"}) == 1
     assert rejected("roost_rejected_readings_total", {"reason": "non_numeric"}) == 1
+
+
+async def test_readings_the_store_refuses_are_named_in_the_answer_and_the_rest_is_stored(tmp_path):
+    async with Hub(hub_settings(tmp_path / "data", max_series=2)) as hub, aiohttp.ClientSession(hub.url) as http:
+        body = f"temp,room=a value=1 {T_MS}\ntemp,room=b value=2 {T_MS}\ntemp,room=c value=3 {T_MS}\n"
+        async with http.post("/write", params={"precision": "ms"}, data=body) as resp:
+            error = await resp.json()
+        assert resp.status == 400
+        assert error["error"] == (
+            '1 reading(s) refused, 2 reading(s) stored (do not resend them): '
+            'temp{room="c"}: new series refused: store.max_series reached'
+        )
+        assert sorted(stored(hub, "temp")) == ['temp{room="a"}', 'temp{room="b"}']
+        rejected = hub.metrics.registry.get_sample_value
+        assert rejected("roost_rejected_readings_total", {"reason": "cardinality_limit"}) == 1
 
 
 async def test_a_gzip_body_is_decoded(http, hub):

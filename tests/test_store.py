@@ -132,6 +132,11 @@ def test_nan_inf_and_the_cardinality_cap_are_rejected_and_counted(tmp_path):
         )
         assert result.accepted == 2
         assert result.rejected == {"nan": 1, "inf": 1, "cardinality_limit": 1}
+        assert [(r.reason, r.reading.ts_ms, str(r)) for r in result.refused] == [
+            ("nan", T0, f"{LOUNGE}: value is NaN"),
+            ("inf", T0 + 1, f"{LOUNGE}: value is infinite"),
+            ("cardinality_limit", T0, 'temperature_celsius{room="attic"}: new series refused: store.max_series reached'),
+        ]
         assert [str(s) for _i, s in s.series()] == [str(LOUNGE), str(BEDROOM)]
 
 
@@ -141,6 +146,8 @@ def test_timestamps_before_1970_or_far_ahead_are_refused_and_long_reads_stay_che
     with Store.open(tmp_path / "d", writer=True) as s:
         result = s.write([Reading(LOUNGE, ts, 1.0) for ts in wild] + [Reading(LOUNGE, now, 2.0)])
         assert result.accepted == 1 and result.rejected == {"bad_timestamp": 4}
+        assert str(result.refused[0]) == f"{LOUNGE}: timestamp -1 ms is before 1970"
+        assert str(result.refused[1]).endswith("ms is more than 2 days ahead of this hub's clock (check the device's clock)")
         assert s.write_bulk(BEDROOM, np.array([*wild, now - DAY_MS]), np.array([1.0] * 5)) == 1
         assert s.rejected["bad_timestamp"] == 8
         s.compact()

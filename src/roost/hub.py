@@ -28,7 +28,7 @@ from aiohttp import web
 from roost.bus import Bus
 from roost.config import Settings
 from roost.errors import RoostError, StoreFullError
-from roost.model import Reading, timestamp_problem
+from roost.model import Reading
 from roost.selector import Selector
 from roost.store import RetentionRule, Store, StoreOptions, WriteResult
 from roost.telemetry import RuleCollector, SelfMetrics
@@ -39,11 +39,6 @@ from roost.things.service import ThingService
 log = logging.getLogger("roost.hub")
 
 _FULL_RETRY_S = 5.0
-_REASONS = {
-    "nan": "value is NaN",
-    "inf": "value is infinite",
-    "cardinality_limit": "new series refused: store.max_series reached",
-}
 _RETENTION_EVERY_S = 3600.0
 
 
@@ -238,7 +233,11 @@ class Hub:
     # ------------------------------------------------------------------ ingest
 
     async def ingest(self, readings: Iterable[Reading]) -> WriteResult:
-        """Store readings and return once they are durable (raises StoreFullError when the disk is full)."""
+        """Store readings and return once they are durable (raises StoreFullError when the disk is full).
+
+        Readings the store refuses (NaN/inf, a timestamp before 1970 or over 2 days ahead, a new series over
+        store.max_series) are counted and logged here, and listed in the result's `refused` for the caller's answer.
+        """
         done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(list(readings), done))
         return await done
@@ -293,7 +292,7 @@ class Hub:
             if self.replication is not None:  # sync replication: the standby has it before we acknowledge
                 await self.replication.committed(position)
             for item, result in stored:
-                self._account(item.readings, result)
+                self._account(result)
                 if item.done is not None and not item.done.done():
                     item.done.set_result(result)
 
@@ -304,7 +303,7 @@ class Hub:
         self.metrics.buffered.set(0)
         log.info("disk space is back: stored %d readings held in memory", len(held))
         self._publish(held, result)
-        self._account(held, result)
+        self._account(result)
 
     def _hold(self, readings: list[Reading]) -> None:
         limit = self.settings.store.max_buffered
@@ -314,16 +313,15 @@ class Hub:
                 self.metrics.store_errors.labels(reason="buffer_overflow").inc()
             self._held.append(r)
 
-    def _account(self, readings: list[Reading], result: WriteResult) -> None:
+    def _account(self, result: WriteResult) -> None:
         self.metrics.readings.inc(result.accepted)
-        for reason, reading in result.refused:
-            detail = timestamp_problem(reading.ts_ms) if reason == "bad_timestamp" else _REASONS.get(reason, reason)
-            self.metrics.reject(reason, str(reading.series), f"{reading.series}: {detail}")
+        for refusal in result.refused:
+            self.metrics.reject(refusal.reason, str(refusal.reading.series), refusal.message)
 
     def _publish(self, readings: list[Reading], result: WriteResult) -> None:
         """Tell the bus what the store took (refused readings are left out)."""
         if result.refused:
-            refused = {id(r) for _reason, r in result.refused}
+            refused = {id(refusal.reading) for refusal in result.refused}
             readings = [r for r in readings if id(r) not in refused]
         self.bus.publish_many(readings)
 

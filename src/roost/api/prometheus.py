@@ -324,15 +324,15 @@ class _PrometheusApi:
         for problem in decoded.invalid:
             self.hub.metrics.reject(problem.reason, f"{request.remote}:remote_write", f"{request.remote}: {problem}")
         try:
-            await self.hub.ingest(decoded.readings)
+            result = await self.hub.ingest(decoded.readings)
         except StoreFullError as err:
             # 5xx: Prometheus keeps the samples and retries
             return web.Response(status=507, text=f"{err} — nothing of this request was stored", headers={"Retry-After": "30"})
-        if decoded.invalid:
-            shown = "; ".join(str(e) for e in decoded.invalid[:10])
+        refused = [*decoded.invalid, *result.refused]
+        if refused:
+            shown = "; ".join(str(e) for e in refused[:10])
             return web.Response(
-                status=400,
-                text=f"{len(decoded.invalid)} sample(s) refused, {len(decoded.readings)} stored (do not resend): {shown}",
+                status=400, text=f"{len(refused)} sample(s) refused, {result.accepted} stored (do not resend): {shown}"
             )
         return web.Response(status=204)
 

@@ -22,7 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from roost.errors import InvalidReading
-from roost.model import Reading, Series, now_ms, timestamp_problem
+from roost.model import Reading, Series
 
 __all__ = ["MAX_DECODED_BYTES", "DecodedWrite", "TooLarge", "WireError", "decode_write_request", "encode_write_request"]
 
@@ -103,11 +103,14 @@ def encode_write_request(readings: Iterable[Reading], extra_labels: dict[str, st
 class DecodedWrite:
     readings: list[Reading] = field(default_factory=list)
     stale: int = 0  # staleness markers skipped: roost has no such thing, an absent sample says the same
-    invalid: list[InvalidReading] = field(default_factory=list)
+    invalid: list[InvalidReading] = field(default_factory=list)  # invalid metric or label names
 
 
 def decode_write_request(body: bytes, max_bytes: int = MAX_DECODED_BYTES) -> DecodedWrite:
     """Readings of a snappy-compressed WriteRequest; raises WireError for a body that is not one.
+
+    Values and timestamps are passed on as sent: the store refuses NaN/inf and out-of-range timestamps
+    (`WriteResult.refused`). Only staleness markers, which are not readings, are left out here.
 
     The declared uncompressed length is checked against `max_bytes` before anything is allocated: six bytes
     claiming 4 GiB must not make the receiver reserve 4 GiB (TooLarge).
@@ -125,7 +128,6 @@ def decode_write_request(body: bytes, max_bytes: int = MAX_DECODED_BYTES) -> Dec
     except DecodeError as exc:
         raise WireError(f"the body is not a remote-write WriteRequest ({exc})") from None
     out = DecodedWrite()
-    now = now_ms()
     for ts in req.timeseries:
         labels = {lb.name: lb.value for lb in ts.labels}
         metric = labels.pop("__name__", "")
@@ -136,17 +138,8 @@ def decode_write_request(body: bytes, max_bytes: int = MAX_DECODED_BYTES) -> Dec
             continue
         for s in ts.samples:
             v = s.value
-            if math.isnan(v):
-                if struct.unpack("<Q", struct.pack("<d", v))[0] == _STALE_NAN:
-                    out.stale += 1
-                    continue
-                out.invalid.append(InvalidReading("nan", f"{series}: value is NaN"))
-                continue
-            if math.isinf(v):
-                out.invalid.append(InvalidReading("inf", f"{series}: value is infinite"))
-                continue
-            if problem := timestamp_problem(s.timestamp, now):
-                out.invalid.append(InvalidReading("bad_timestamp", f"{series}: {problem}"))
+            if math.isnan(v) and struct.unpack("<Q", struct.pack("<d", v))[0] == _STALE_NAN:
+                out.stale += 1
                 continue
             out.readings.append(Reading(series, s.timestamp, v))
     return out

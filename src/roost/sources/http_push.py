@@ -90,13 +90,16 @@ class _Push:
             return response
         except RoostError as err:
             return error(500, str(err))
-        if parsed.errors:
-            shown = "; ".join(str(e) for e in parsed.errors[:_SHOWN_ERRORS])
-            more = f" (and {len(parsed.errors) - _SHOWN_ERRORS} more)" if len(parsed.errors) > _SHOWN_ERRORS else ""
+        problems = [*parsed.errors, *result.refused]  # the store refuses new series over store.max_series
+        if problems:
+            counts = [f"{len(parsed.errors)} malformed line(s)"] if parsed.errors else []
+            if result.refused:
+                counts.append(f"{len(result.refused)} reading(s) refused")
+            shown = "; ".join(str(e) for e in problems[:_SHOWN_ERRORS])
+            more = f" (and {len(problems) - _SHOWN_ERRORS} more)" if len(problems) > _SHOWN_ERRORS else ""
             return error(
                 400,
-                f"{len(parsed.errors)} malformed line(s), {result.accepted} reading(s) stored "
-                f"(do not resend them): {shown}{more}",
+                f"{', '.join(counts)}, {result.accepted} reading(s) stored (do not resend them): {shown}{more}",
             )
         return web.Response(status=204)
 

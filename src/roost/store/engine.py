@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from roost.errors import StoreError, StoreFullError
-from roost.model import MAX_FUTURE_MS, Reading, Series, now_ms
+from roost.model import MAX_FUTURE_MS, Reading, Series, now_ms, timestamp_problem
 from roost.selector import Selector
 from roost.store import wal
 from roost.store.blocks import BLOCK_DAYS, Extras, decode_block, decode_rows, encode_rows, keep_resets
@@ -92,11 +92,30 @@ class StoreOptions:
     retention: tuple[RetentionRule, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A reading `Store.write` did not take: the reason counted in /metrics and a message naming the series."""
+
+    reason: str  # nan, inf, bad_timestamp, cardinality_limit
+    reading: Reading
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_REFUSED_BECAUSE = {
+    "nan": "value is NaN",
+    "inf": "value is infinite",
+    "cardinality_limit": "new series refused: store.max_series reached",
+}
+
+
 @dataclass(slots=True)
 class WriteResult:
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
-    refused: list[tuple[str, Reading]] = field(default_factory=list)  # each refused reading with its reason
+    refused: list[Refusal] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -345,7 +364,7 @@ class Store:
                 self._reject(result, "nan" if math.isnan(r.value) else "inf", r)
                 continue
             if not 0 <= r.ts_ms <= newest:
-                self._reject(result, "bad_timestamp", r)
+                self._reject(result, "bad_timestamp", r, timestamp_problem(r.ts_ms, newest - MAX_FUTURE_MS))
                 continue
             sid = self.series_id(r.series)
             if sid is None:
@@ -395,9 +414,9 @@ class Store:
         if latest is None or ts_ms >= latest[0]:
             self._latest[sid] = (ts_ms, value)
 
-    def _reject(self, result: WriteResult, reason: str, reading: Reading) -> None:
+    def _reject(self, result: WriteResult, reason: str, reading: Reading, problem: str | None = None) -> None:
         result.rejected[reason] = result.rejected.get(reason, 0) + 1
-        result.refused.append((reason, reading))
+        result.refused.append(Refusal(reason, reading, f"{reading.series}: {problem or _REFUSED_BECAUSE[reason]}"))
         self.rejected[reason] += 1
 
     _cardinality_logged = 0.0

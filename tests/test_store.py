@@ -290,6 +290,21 @@ def test_a_read_view_reads_in_a_worker_thread_what_was_stored_when_it_was_taken(
         list(view.read(ALL_TEMPS, T0, T0 + DAY_MS))
 
 
+def test_selectors_match_the_series_a_view_was_taken_with_and_new_series_in_later_views(store):
+    power = Series.of("power_watts", room="lounge")
+    store.write([Reading(LOUNGE, T0, 1.0), Reading(power, T0, 2.0)])
+    lounge = Selector.parse('{room="lounge"}')
+    view = store.read_view()
+    assert view.count(lounge) == 2 and view.count(ALL_TEMPS) == 1
+    assert store.series(Selector.parse('temperature_celsius{room=~"lounge|bedroom"}')) == [(1, LOUNGE)]
+    store.write([Reading(BEDROOM, T0, 3.0)])
+    assert view.count(ALL_TEMPS) == 1  # taken before the bedroom's series was
+    assert store.read_view().count(ALL_TEMPS) == 2 and store.read_view().count(lounge) == 2
+    assert [s for _sid, s in store.series(Selector.parse('temperature_celsius{room=~"lounge|bedroom"}'))] == [LOUNGE, BEDROOM]
+    assert store.series(Selector.parse("pressure_hpa")) == []
+    assert [s for _sid, s in store.series()] == [LOUNGE, power, BEDROOM]
+
+
 def test_reads_in_a_query_thread_stay_right_while_garbage_collection_rewrites_and_deletes_data_files(tmp_path, monkeypatch):
     import threading
 

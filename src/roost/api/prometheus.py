@@ -26,9 +26,10 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -356,29 +357,34 @@ def _instant_body(result, t: int) -> bytes:
 def _range_body(result, start: int, end: int, step: int) -> bytes:
     if isinstance(result, RawMatrix):
         raise BadData("invalid expression type \"range vector\" for range query, must be Scalar or instant Vector")
-    seconds = np.arange(start, end + 1, step, dtype=np.int64) / 1000
+    heads = _step_heads(start, end, step)
     if isinstance(result, np.ndarray):
-        result = Vector([()], result[None, :], np.ones((1, len(seconds)), bool))
-    stamps = orjson.dumps(seconds.tolist())[1:-1].split(b",")  # every step's text, once for all series
+        result = Vector([()], result[None, :], np.ones((1, len(heads)), bool))
     parts = []
     for i, lb in enumerate(result.labels):
         idx = np.flatnonzero(result.present[i])
         if len(idx):
-            own = stamps if len(idx) == len(stamps) else list(map(stamps.__getitem__, idx.tolist()))
+            own = heads if len(idx) == len(heads) else list(map(heads.__getitem__, idx.tolist()))
             points = _points(own, result.values[i, idx])
             parts.append(b'{"metric":%s,"values":%s}' % (orjson.dumps(_metric(lb)), points))
     return b'{"status":"success","data":{"resultType":"matrix","result":[%s]}}' % b",".join(parts)
 
 
-_OPEN, _MID = b'"],[', b',"'
+@lru_cache(maxsize=8)
+def _step_heads(start: int, end: int, step: int) -> tuple[bytes, ...]:
+    """`"],[t,"` for every step t of a range: what goes before each point's value. Kept for a few ranges, since
+    Grafana rounds ranges to the step, so its panels and their refreshes ask for the same range over and over."""
+    seconds = np.arange(start, end + 1, step, dtype=np.int64) / 1000
+    stamps = orjson.dumps(seconds.tolist())[1:-1]
+    return tuple((b'"],[' + stamps.replace(b",", b',"\0"],[') + b',"').split(b"\0"))
 
 
-def _points(stamps: list[bytes], values: np.ndarray) -> bytes:
-    """`[[t, "v"], ...]` as Prometheus writes a series' points, from the steps' texts and the values.
+def _points(heads: Sequence[bytes], values: np.ndarray) -> bytes:
+    """`[[t, "v"], ...]` as Prometheus writes a series' points, from the steps' heads (`_step_heads`) and the values.
 
     orjson writes the values in one call on the array; a trailing `.0` is cut as Go does, and the pieces are
-    interleaved with the step texts by list slicing and joined once. A series with values that Go writes
-    differently from orjson beyond the `.0` (NaN, infinities, exponents) takes `format_values`.
+    interleaved with the heads by list slicing and joined once. A series with values that Go writes differently
+    from orjson beyond the `.0` (NaN, infinities, exponents) takes `format_values`.
     """
     magnitude = np.abs(values)
     with np.errstate(invalid="ignore"):
@@ -387,13 +393,16 @@ def _points(stamps: list[bytes], values: np.ndarray) -> bytes:
         texts = [t.encode() for t in format_values(values)]
     else:
         texts = (orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1] + b",").replace(b".0,", b",").split(b",")
+        del texts[-1]
     n = len(values)
-    out = [_OPEN] * (4 * n + 1)
-    out[0], out[4 * n] = b"[[", b'"]]'
-    out[1::4] = stamps
-    out[2::4] = [_MID] * n
-    out[3::4] = texts[:n]
+    out = [_CLOSE] * (2 * n + 1)
+    out[0 : 2 * n : 2] = heads
+    out[1 : 2 * n : 2] = texts
+    out[0] = b"[[" + heads[0][4:]
     return b"".join(out)
+
+
+_CLOSE = b'"]]'
 
 
 # ---------------------------------------------------------------------- text exposition of stored series

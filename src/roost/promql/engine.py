@@ -23,6 +23,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -554,14 +555,26 @@ class _Buckets:
                     grid[:, ((s.ts - lo) // width).astype(np.intp)] = s.rows
         (_ts, self.count, self.sum, self.min, self.max, self.first_ts, self.first, self.last_ts, self.last,
          self.resets) = rows
-        idx = np.arange(rows.shape[1])
-        start = idx - idx % n  # the flat index of each bucket's series' first bucket
-        full = self.count > 0
-        newest = np.maximum.accumulate(np.where(full, idx, start - 1))
-        self.prev = np.where(newest >= start, newest, -1)  # the newest non-empty bucket <= j of the same series, or -1
-        oldest = np.minimum.accumulate(np.where(full, idx, start + n)[::-1])[::-1]
-        self.next = np.minimum(oldest, start + n)  # the oldest non-empty bucket >= j of the same series, or its end
-        self.series_start = start[::n][:, None]
+        self.series_start = np.arange(0, rows.shape[1], n)[:, None]  # the flat index of each series' first bucket
+
+    def _flat(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every flat index, and the flat index of its series' first bucket."""
+        idx = np.arange(len(self.count))
+        return idx, idx - idx % self.n
+
+    @cached_property
+    def prev(self) -> np.ndarray:
+        """The newest non-empty bucket <= j of the same series, or -1 (only some functions need it)."""
+        idx, start = self._flat()
+        newest = np.maximum.accumulate(np.where(self.count > 0, idx, start - 1))
+        return np.where(newest >= start, newest, -1)
+
+    @cached_property
+    def next(self) -> np.ndarray:
+        """The oldest non-empty bucket >= j of the same series, or its series' end."""
+        idx, start = self._flat()
+        oldest = np.minimum.accumulate(np.where(self.count > 0, idx, start + self.n)[::-1])[::-1]
+        return np.minimum(oldest, start + self.n)
 
     def at(self, t: np.ndarray) -> np.ndarray:
         """(series, steps) flat indices of the buckets that start at each t."""

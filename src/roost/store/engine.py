@@ -60,6 +60,11 @@ _ROLLUP_CACHE_BLOCKS = 4096  # ~32 KB decoded each: a year of 10 series x 12 blo
 # 5-minute day summaries ~23 KB, hourly ones of a rollup block ~61 KB: a week and a month of 100 series fit together
 _SUMMARY_CACHE_BYTES = 32 * 1024 * 1024
 
+# One statement: SQLite answers min() or max() of a rowid from the B-tree's edge, but not both in one SELECT.
+_STORED_IDS = "SELECT " + ", ".join(
+    f"(SELECT {f}(id) FROM {table})" for table in ("chunks", "open_chunks", "rollup_5m") for f in ("min", "max")
+)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, metric TEXT NOT NULL, labels TEXT NOT NULL,
@@ -138,6 +143,32 @@ class _HeadSeries:
             self.ordered = False
         self.ts.append(ts_ms)
         self.values.append(value)
+
+
+class _SeriesIndex:
+    """The store's series at one moment, sorted by id and by metric name, with the selectors matched so far.
+
+    Replaced, never changed, when series are added: a `ReadView` keeps the one it was made with. Matching a
+    selector with a metric name looks only at that metric's series, and each selector is matched once.
+    """
+
+    __slots__ = ("all", "by_metric", "matched")
+
+    def __init__(self, series: dict[int, Series]):
+        self.all: list[tuple[int, Series]] = sorted(series.items())
+        self.by_metric: dict[str, list[tuple[int, Series]]] = defaultdict(list)
+        for sid, s in self.all:
+            self.by_metric[s.metric].append((sid, s))
+        self.matched: dict[Selector, list[tuple[int, Series]]] = {}
+
+    def match(self, selector: Selector) -> list[tuple[int, Series]]:
+        """(id, series) of the series `selector` matches, by id; do not change the list."""
+        found = self.matched.get(selector)
+        if found is None:
+            name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
+            pool = self.all if name is None else self.by_metric.get(name, ())
+            found = self.matched[selector] = [(sid, s) for sid, s in pool if selector.matches(s)]
+        return found
 
 
 def _row_id(day: int, sid: int) -> int:
@@ -229,6 +260,7 @@ class Store:
         self._series_by_key: dict[str, int] = {}
         self._series_by_id: dict[int, Series] = {}
         self._sid_by_series: dict[Series, int] = {}  # the hot path: no str() per reading
+        self._index = _SeriesIndex({})
         self._compact_lock = threading.RLock()  # held by every write transaction (re-entered by GC)
         self._cache: OrderedDict[tuple[int, int], Decoded] = OrderedDict()
         self._cache_bytes = 0
@@ -306,14 +338,18 @@ class Store:
     # ----------------------------------------------------------------- series
 
     def _load_series(self) -> None:
+        added = False
         for sid, key, metric, labels, last_ts, last_value in self.conn.execute(
             "SELECT id, key, metric, labels, last_ts, last_value FROM series WHERE id > ?",
             (max(self._series_by_id, default=0),),
         ):
             self._series_by_key[key] = sid
             self._series_by_id[sid] = Series(metric, tuple(tuple(p) for p in json.loads(labels)))
+            added = True
             if last_ts is not None and (sid not in self._latest or self._latest[sid][0] < last_ts):
                 self._latest[sid] = (last_ts, last_value)
+        if added:
+            self._index = _SeriesIndex(self._series_by_id)
 
     def series_id(self, series: Series, *, create: bool = True) -> int | None:
         """The id of a series, registering it if new; None when the cardinality cap refuses it."""
@@ -344,7 +380,7 @@ class Store:
 
     def series(self, selector: Selector | None = None) -> list[tuple[int, Series]]:
         self._load_series()
-        return [(sid, s) for sid, s in sorted(self._series_by_id.items()) if selector is None or selector.matches(s)]
+        return list(self._index.all if selector is None else self._index.match(selector))
 
     @property
     def series_count(self) -> int:
@@ -924,14 +960,8 @@ class Store:
     @staticmethod
     def _stored_days(conn) -> list[tuple[int, int]]:
         """(first, last) day of each table holding day rows: the span a read can find anything in."""
-        bounds = []
-        for table in ("chunks", "open_chunks", "rollup_5m"):
-            # Two statements: SQLite answers min() or max() of a rowid from the B-tree's edge, but not both at once.
-            (a,) = conn.execute(f"SELECT min(id) FROM {table}").fetchone()
-            if a is not None:
-                (b,) = conn.execute(f"SELECT max(id) FROM {table}").fetchone()
-                bounds.append((a >> _SID_BITS, b >> _SID_BITS))
-        return bounds
+        ids = conn.execute(_STORED_IDS).fetchone()
+        return [(a >> _SID_BITS, b >> _SID_BITS) for a, b in zip(ids[::2], ids[1::2]) if a is not None]
 
     def _days(self, conn, lo: int, hi: int, head, stored: list[tuple[int, int]] | None = None) -> range:
         """Days of [lo, hi) that can hold data: clamped to what the chunks, 5-minute rollups and head span."""
@@ -1023,7 +1053,7 @@ class Store:
         else:
             heads, _conn = self._reader_head()
             self._end_read()
-        return ReadView(self, dict(self._series_by_id), heads)
+        return ReadView(self, self._index, heads)
 
     def _view_connection(self) -> sqlite3.Connection:
         if self._view_conn is None:
@@ -1284,13 +1314,12 @@ class ReadView:
     snapshot per `run`, on a connection of the view's own, one view at a time.
     """
 
-    def __init__(self, store: Store, series: dict[int, Series], heads: dict[int, list[tuple[np.ndarray, np.ndarray]]]):
+    def __init__(self, store: Store, index: _SeriesIndex, heads: dict[int, list[tuple[np.ndarray, np.ndarray]]]):
         self._store = store
-        self._series = sorted(series.items())
+        self._index = index
         self._heads = heads
         self._conn: sqlite3.Connection | None = None
         self._stored: list[tuple[int, int]] = []
-        self._matched: dict[Selector, list[tuple[int, Series]]] = {}
 
     def run(self, fn, *, wait: bool = True):
         """`fn(self)` inside one read transaction; again on a newer snapshot if garbage collection moved a chunk.
@@ -1321,13 +1350,7 @@ class ReadView:
         return len(self._matches(selector))
 
     def _matches(self, selector: Selector) -> list[tuple[int, Series]]:
-        found = self._matched.get(selector)
-        if found is None:
-            name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
-            found = self._matched[selector] = [
-                (sid, s) for sid, s in self._series if (name is None or s.metric == name) and selector.matches(s)
-            ]
-        return found
+        return self._index.match(selector)
 
     def _matching(self, selector: Selector) -> Iterator[tuple[int, Series, list[tuple[np.ndarray, np.ndarray]]]]:
         if self._conn is None:

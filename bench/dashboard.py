@@ -23,17 +23,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from peers import Peer, free_port  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -69,29 +69,14 @@ def ensure_store(data: Path, days: int) -> None:
     print(f"  {written:,} samples in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_hub(data: Path, command: str) -> tuple[subprocess.Popen, str]:
+def start_hub(data: Path, command: str) -> Peer:
+    """`roost run` (or `roost demo` with a week of history) on `data`, its log beside the store."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "roost", command, "--data", str(data), "--listen", f"127.0.0.1:{port}"]
     if command == "demo":
         args += ["--backfill", "7d"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the hub on {data} did not come up in 120 s (is another hub using that store?)")
+    return Peer(args, port, data.parent / f"{data.name}.hub.log", "/healthz", name=f"the hub on {data}", timeout=120,
+                env={"PYTHONPATH": str(ROOT / "src")})
 
 
 MEASURE = """() => {
@@ -151,7 +136,8 @@ def main() -> None:
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium (make peers)")
     ensure_store(args.data, args.days)
     load_before = os.getloadavg()
-    proc, url = start_hub(args.data, "run")
+    hub = start_hub(args.data, "run")
+    url = hub.url
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -168,21 +154,17 @@ def main() -> None:
                 band_text = "-" if band is None else f"{band:.0f} ms"
                 print(f"{view}: lines drawn {lines:.0f} ms, bands {band_text}, "
                       f"{size / 1000:.0f} kB in {runs[0]['requests']} requests (runs: {each} ms)", flush=True)
-            proc.terminate()
-            proc.wait(timeout=30)
+            hub.stop()
             load_after = os.getloadavg()
             if args.screenshots:
                 # The pictures show what `make demo` shows: a fresh demo house with a week of history.
                 with tempfile.TemporaryDirectory(prefix="roost-shots-") as tmp:
-                    proc, url = start_hub(Path(tmp) / "data", "demo")
-                    screenshots(browser, url, args.screenshots)
-                    proc.terminate()
-                    proc.wait(timeout=30)
+                    hub = start_hub(Path(tmp) / "data", "demo")
+                    screenshots(browser, hub.url, args.screenshots)
+                    hub.stop()
             browser.close()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        hub.stop()
 
     print(f"\nHistory view, {args.days} days of the demo house in the store, median of {args.runs} cold loads, "
           f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and {load_after[0]:.1f} after")

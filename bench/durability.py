@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +38,8 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from peers import Peer, free_port  # noqa: E402
 from workload import generate  # noqa: E402
 
 from roost.config import load_config  # noqa: E402
@@ -102,12 +101,6 @@ async def with_standby(primary_data: Path, standby_data: Path, mode: str, body, 
             standby.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _vm(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -129,36 +122,31 @@ def base_copy(data: Path, work: Path) -> tuple[float, float, int, int, int]:
     (work / "token").write_text(TOKEN.reveal())
     cfg = work / "primary.toml"
     cfg.write_text('[replication]\ntoken_file = "token"\n')
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
-    port, sport = _free_port(), _free_port()
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    port, sport = free_port(), free_port()
     cmd = [sys.executable, "-m", "roost"]
-    with open(work / "primary.log", "w") as log:
-        primary = subprocess.Popen([*cmd, "run", "-c", str(cfg), "--data", str(data), "--listen", f"127.0.0.1:{port}"],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    status = "/api/replication/status"
+    primary = Peer([*cmd, "run", "-c", str(cfg), "--data", str(data), "--listen", f"127.0.0.1:{port}"], port,
+                   work / "primary.log", status, name="roost run", env=env, timeout=300)
     standby = None
     try:
-        while _get(f"http://127.0.0.1:{port}/api/replication/status") is None:
-            assert primary.poll() is None, (work / "primary.log").read_text()
-            time.sleep(0.1)
         time.sleep(1.0)  # let the hub settle after start
-        Path(f"/proc/{primary.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
-        before = _vm(primary.pid, "VmRSS")
+        Path(f"/proc/{primary.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = _vm(primary.proc.pid, "VmRSS")
         t = time.perf_counter()
-        with open(work / "standby.log", "w") as log:
-            standby = subprocess.Popen([*cmd, "standby", "--primary", f"http://127.0.0.1:{port}", "--token-file",
-                                        str(work / "token"), "--data", str(work / "base-standby"),
-                                        "--listen", f"127.0.0.1:{sport}"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        while not ((st := _get(f"http://127.0.0.1:{sport}/api/replication/status")) and st["caught_up"]):
-            assert standby.poll() is None, (work / "standby.log").read_text()
+        standby = Peer([*cmd, "standby", "--primary", primary.url, "--token-file", str(work / "token"),
+                        "--data", str(work / "base-standby"), "--listen", f"127.0.0.1:{sport}"], sport,
+                       work / "standby.log", status, name="roost standby", env=env, timeout=600)
+        while not ((st := _get(standby.url + status)) and st["caught_up"]):
+            assert standby.proc.poll() is None, (work / "standby.log").read_text()
             time.sleep(0.05)
         seconds = time.perf_counter() - t
-        grown, standby_peak = _vm(primary.pid, "VmHWM") - before, _vm(standby.pid, "VmHWM")
-        copy = float((work / "standby.log").read_text().split(" received in ")[1].split(" s")[0])
+        grown, standby_peak = _vm(primary.proc.pid, "VmHWM") - before, _vm(standby.proc.pid, "VmHWM")
+        copy = float((work / "standby.log").read_text().rsplit(" received in ", 1)[1].split(" s")[0])
     finally:
-        for proc in (standby, primary):
-            if proc is not None:
-                proc.terminate()
-                proc.wait(60)
+        for peer in (standby, primary):
+            if peer is not None:
+                peer.stop()
     size = sum(p.stat().st_size for p in (work / "base-standby").rglob("*") if p.is_file())
     shutil.rmtree(work / "base-standby")
     return copy, seconds, grown, standby_peak, size

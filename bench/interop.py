@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from prometheus_peers import Peer, VictoriaMetrics, free_port  # noqa: E402
+from peers import Peer, VictoriaMetrics, free_port  # noqa: E402
 from workload import T0, generate  # noqa: E402
 
 from roost.export import DiskBuffer  # noqa: E402

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 import aiomqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from peers import mosquitto  # noqa: E402
 from roost.config import load_config  # noqa: E402
 from roost.hub import Hub  # noqa: E402
 from roost.sources import SourceSettings  # noqa: E402
@@ -73,12 +74,6 @@ for start in range(0, count, 1000):  # 1000 QoS 1 messages in flight, then wait 
         got += len(s.recv(65536))
 s.sendall(b"\xe0\x00")
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Publisher:
@@ -150,19 +145,9 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="roost-bench-mqtt-"))
-    port = free_port()
-    (work / "mosquitto.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
-    )
-    broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = mosquitto(work)
+    port = broker.port
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         n = args.messages
         print(f"{n} zigbee2mqtt messages ({len(FIELDS)} numeric fields each) from {args.devices} devices, "
               f"QoS 1, mosquitto on 127.0.0.1:{port}")
@@ -174,8 +159,7 @@ def main() -> None:
             print(f"{'roost: mqtt source → hub store':<34} {n / elapsed:>11,.0f} "
                   f"{n * len(FIELDS) / elapsed:>11,.0f} {cpu / n * 1e6:>11.1f}")
     finally:
-        broker.terminate()
-        broker.wait(timeout=10)
+        broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

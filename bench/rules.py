@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,8 @@ from pathlib import Path
 import aiomqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from peers import mosquitto  # noqa: E402
 from roost.config import load_config  # noqa: E402
 from roost.hub import Hub  # noqa: E402
 from roost.rules.settings import RulesSettings  # noqa: E402
@@ -127,28 +127,6 @@ class Fan{i}(WhileRule):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mosquitto(directory: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    conf = directory / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nuser root\nset_tcp_nodelay true\n")
-    proc = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("mosquitto did not start")
-
-
 async def bench(args: argparse.Namespace, work: Path, port: int) -> dict:
     rules = work / "rules"
     rules.mkdir()
@@ -195,12 +173,11 @@ def main() -> None:
                         help="store.fsync = false: take the disk's sync time out of the path")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="roost-bench-rules-"))
-    broker, port = start_mosquitto(work)
+    broker = mosquitto(work, "set_tcp_nodelay true")
     try:
-        result = asyncio.run(bench(args, work, port))
+        result = asyncio.run(bench(args, work, broker.port))
     finally:
-        broker.terminate()
-        broker.wait(timeout=10)
+        broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     bare, rules = result["bare"], result["rules"]
     target = 2 * bare["p99"] + 5

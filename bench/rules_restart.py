@@ -35,6 +35,8 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from peers import free_port  # noqa: E402
 
 RULE = '''
 
@@ -52,14 +54,6 @@ class Bench{n:04d}(Rule):
 '''
 
 ARMED = re.compile(r"^(\S+ \S+) INFO +roost\.rules: rules: (\d+) of (\d+) armed in (\d+) ms; (\d+) timer\(s\) re-armed", re.M)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Hub:

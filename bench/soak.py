@@ -54,6 +54,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import peers  # noqa: E402  (mosquitto and VictoriaMetrics, as the tests run them)
+
 PYTHON = sys.executable
 SENSORS = 30
 SENSOR_PERIOD_S = 1.5
@@ -384,26 +387,18 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="roost-soak-"))
     print(f"soak: {args.minutes:g} min, work directory {work}; load average {os.getloadavg()[0]:.1f}", flush=True)
-    broker_port, vm_port, hub_port, dead_port = free_port(), free_port(), free_port(), free_port()
-    (work / "mosquitto.conf").write_text(
-        f"listener {broker_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\npersistence true\n"
-        f"persistence_location {work}/\nautosave_interval 1\nuser root\n")
-    broker = Peer("mosquitto", ["/usr/sbin/mosquitto", "-c", str(work / "mosquitto.conf")], broker_port,
-                  work / "mosquitto.log")
-    vm = Peer("victoria-metrics", ["victoria-metrics", f"-storageDataPath={work / 'vm'}", "-retentionPeriod=100y",
-                                   f"-httpListenAddr=127.0.0.1:{vm_port}", "-loggerLevel=ERROR"], vm_port,
-              work / "vm.log")
+    hub_port, dead_port = peers.free_port(), peers.free_port()
     meter = subprocess.Popen([PYTHON, "-c", METER], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    hub = None
-    load = None
+    broker = vm = hub = load = None
     try:
-        broker.start()
-        vm.start()
+        broker = peers.mosquitto(work, "persistence true", f"persistence_location {work}/", "autosave_interval 1")
+        vm = peers.VictoriaMetrics(work / "vm")
+        broker_port, vm_port = broker.port, vm.port
         meter_port = int(meter.stdout.readline())
         path = config(work, hub_port, broker_port, meter_port, dead_port, vm_port)
         hub = subprocess.Popen([str(ROOT / ".venv/bin/roost"), "run", "-c", str(path)], stdout=open(work / "hub.log", "w"),
                                stderr=subprocess.STDOUT, start_new_session=True)
-        wait_port(hub_port, hub, timeout=60)
+        peers.wait_port(hub_port, hub, work / "hub.log", timeout=60)
         hub_url = f"http://127.0.0.1:{hub_port}"
         deadline = time.monotonic() + 60  # the broker keeps messages for roost's session only once it has one
         while b'roost_source_up{source="zigbee"} 1.0' not in http(f"{hub_url}/metrics")[1]:
@@ -421,8 +416,21 @@ def main() -> int:
         rss_trace: list[tuple[float, float]] = []
         next_rss = started
         next_broker = started + args.broker_restart
-        next_vm_down = started + args.vm_period - args.vm_down
-        vm_up_at = None
+        vm_stopped = False
+
+        def vm_outage(down: bool, now: float) -> None:
+            """Stop VictoriaMetrics as an outage begins, start it again as it ends."""
+            nonlocal vm_stopped
+            if down == vm_stopped:
+                return
+            if down:
+                vm.stop()
+                print(f"  {now - started:5.0f} s  VictoriaMetrics stopped for {args.vm_down:g} s", flush=True)
+            else:
+                vm.start()
+                print(f"  {now - started:5.0f} s  VictoriaMetrics started", flush=True)
+            vm_stopped = down
+
         while time.monotonic() < end:
             now = time.monotonic()
             if now >= next_rss:
@@ -435,23 +443,13 @@ def main() -> int:
                 broker.restart()
                 print(f"  {now - started:5.0f} s  mosquitto restarted", flush=True)
                 next_broker += args.broker_restart
-            if vm_up_at is None and now >= next_vm_down:
-                vm.stop()
-                vm_up_at = now + args.vm_down
-                print(f"  {now - started:5.0f} s  VictoriaMetrics stopped for {args.vm_down:g} s", flush=True)
-            if vm_up_at is not None and now >= vm_up_at:
-                vm.start()
-                vm.restarts += 1
-                vm_up_at = None
-                next_vm_down += args.vm_period
-                print(f"  {now - started:5.0f} s  VictoriaMetrics started", flush=True)
+            vm_outage((now - started) % args.vm_period >= args.vm_period - args.vm_down, now)  # the period's last part
             if hub.poll() is not None:
                 raise SystemExit(f"the hub exited with {hub.returncode}: see {work / 'hub.log'}")
             time.sleep(0.5)
         rss_end = rss_mb(hub.pid)
         load.join()
-        if vm_up_at is not None:
-            vm.start()
+        vm_outage(False, time.monotonic())
         print(f"  load stopped; hub RSS {rss_end:.0f} MB; waiting for VictoriaMetrics to have every push", flush=True)
         drain_started = time.monotonic()
         while time.monotonic() < drain_started + 180 and vm_count(vm_port) < load.push_acked:
@@ -470,8 +468,9 @@ def main() -> int:
         if hub is not None and hub.poll() is None:
             hub.kill()
         meter.kill()
-        broker.stop()
-        vm.stop()
+        for peer in (broker, vm):
+            if peer is not None:
+                peer.stop()
 
     probe = sorted(load.probe_ms)
     lost = sorted(set(load.mqtt_acked_sequence) - sequences)

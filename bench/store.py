@@ -49,7 +49,7 @@ import platform
 import pstats
 import resource
 import shutil
-import socket
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -69,6 +69,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from peers import Peer, VictoriaMetrics, free_port  # noqa: E402
 from workload import T0, generate  # noqa: E402
 
 from roost.model import Reading, Series  # noqa: E402
@@ -178,12 +180,6 @@ def print_table(results: Results, vm_available: bool) -> None:
 # ----------------------------------------------------------------------------- processes and HTTP
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
     """Resident memory of a process in MB (10^6 bytes), from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -207,47 +203,16 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-class Server:
-    """A child process serving HTTP on 127.0.0.1:port, with one keep-alive connection for timing."""
+class Server(Peer):
+    """A peer serving HTTP, with one keep-alive connection for timing."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, ready_path: str,
-                 env: dict[str, str] | None = None):
-        self.name, self.argv, self.port, self.log_path, self.ready_path = name, argv, port, log_path, ready_path
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen | None = None
-        self.conn: http.client.HTTPConnection | None = None
+    conn: http.client.HTTPConnection | None = None
 
-    def __enter__(self) -> Server:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, cwd="/tmp", env=self.env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                status, _body = self.get(self.ready_path)
-                if status == 200:
-                    return self
-            except OSError:
-                self.conn = None
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not answer {self.ready_path} within 120 s: {self.log_tail()}")
-
-    def __exit__(self, *exc: object) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.conn is not None:
             self.conn.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def log_tail(self, lines: int = 5) -> str:
-        self._log.flush()
-        return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+            self.conn = None
+        super().stop(sig)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.conn is None:
@@ -288,22 +253,26 @@ class Server:
         return rss_mb(self.proc.pid)
 
 
-def victoria_metrics(data_dir: Path, work: Path) -> Server:
-    port = free_port()
-    argv = [
-        VM_BINARY, f"-storageDataPath={data_dir}", f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y",
-        "-loggerLevel=ERROR", "-search.disableCache",
-    ]
-    return Server("VictoriaMetrics", argv, port, work / f"{data_dir.name}.vm.log", "/health")
+class TimedVictoriaMetrics(Server, VictoriaMetrics):
+    """VictoriaMetrics (its query cache off) with the keep-alive connection the figures are timed on."""
+
+
+def victoria_metrics(data_dir: Path) -> TimedVictoriaMetrics:
+    return TimedVictoriaMetrics(data_dir, timeout=120)
 
 
 HUB_ENV: dict[str, str] = {}  # --hub-env: extra environment of the roost hub and demo processes
 
 
-def roost_hub(data_dir: Path, work: Path) -> Server:
+def roost_server(command: str, data_dir: Path, log: Path) -> Server:
+    """`roost run` or `roost demo` on a free port, started in /tmp (so no roost.toml of the caller's is read)."""
     port = free_port()
-    argv = [str(ROOST), "run", "--data", str(data_dir), "--listen", f"127.0.0.1:{port}"]
-    return Server("roost hub", argv, port, work / f"{data_dir.name}.hub.log", "/healthz", HUB_ENV)
+    argv = [str(ROOST), command, "--data", str(data_dir), "--listen", f"127.0.0.1:{port}"]
+    return Server(argv, port, log, "/healthz", name=f"roost {command}", timeout=120, env=HUB_ENV, cwd="/tmp")
+
+
+def roost_hub(data_dir: Path, work: Path) -> Server:
+    return roost_server("run", data_dir, work / f"{data_dir.name}.hub.log")
 
 
 def vm_version() -> str:
@@ -743,16 +712,12 @@ def year_query(days: int) -> Query:
 
 def measure_demo_rss(work: Path, wait_s: float, results: Results) -> float:
     """VmRSS of `roost demo` `wait_s` seconds after its 7-day backfill finished and its API answered."""
-    data_dir = work / "demo"
-    port = free_port()
     log_path = work / "demo.log"
-    argv = [str(ROOST), "demo", "--data", str(data_dir), "--listen", f"127.0.0.1:{port}"]
-    server = Server("roost demo", argv, port, log_path, "/healthz", HUB_ENV)
-    with server:
+    with roost_server("demo", work / "demo", log_path) as server:
         deadline = time.monotonic() + 300
         while "roost is running" not in log_path.read_text(errors="replace"):  # printed after the backfill
             if time.monotonic() > deadline or server.proc.poll() is not None:
-                raise RuntimeError(f"roost demo did not finish its backfill: {server.log_tail()}")
+                raise RuntimeError(f"roost demo did not finish its backfill: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
         series = orjson.loads(server.get_ok("/api/series"))["series"]
         server.conn.close()
@@ -816,7 +781,7 @@ def main() -> int:
     try:
         with ExitStack() as month_stack:
             vm_month_dir = work / "vm-month"
-            vm = month_stack.enter_context(victoria_metrics(vm_month_dir, work)) if vm_available else None
+            vm = month_stack.enter_context(victoria_metrics(vm_month_dir)) if vm_available else None
             data = workload(args.series, args.days)
             samples = n_samples(data)
             store_dir = measure_bulk(data, work, vm, results)
@@ -842,7 +807,7 @@ def main() -> int:
                   f"{n_samples(year) / seconds:,.0f} samples/s", flush=True)
             vm_year = None
             if vm_available:
-                vm_year = year_stack.enter_context(victoria_metrics(work / "vm-year", work))
+                vm_year = year_stack.enter_context(victoria_metrics(work / "vm-year"))
                 vm_import(vm_year, year)
             del year
             query = year_query(args.year_days)

@@ -19,11 +19,11 @@ from http.cookies import SimpleCookie
 
 import aiohttp
 import pytest
-from conftest import ROOT, HubProcess, free_port, hub_settings, roost_cmd, run_roost, wait_for_port
+from conftest import ROOT, HubProcess, free_port, hub_settings, roost_cmd, run_roost, wait_port
 from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
-from prometheus_peers import Prometheus
+from peers import Prometheus
 from test_dashboard import Page, browser, browser_only  # noqa: F401  (browser is a fixture)
 from yarl import URL
 
@@ -498,7 +498,7 @@ def test_a_standby_follows_a_primary_with_tokens(tmp_path, credential):
                   "--listen", f"127.0.0.1:{port}"),
         env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(standby, port, "roost standby", tmp_path / "standby.log", timeout=60)
+        wait_port(port, standby, tmp_path / "standby.log", timeout=60)
         status_url = f"http://127.0.0.1:{port}/api/replication/status"
         deadline = time.monotonic() + 60
         while not json.loads(urllib.request.urlopen(status_url, timeout=10).read()).get("caught_up"):

@@ -34,7 +34,7 @@ from roost.sources.mqtt import (
 )
 from roost.telemetry import SelfMetrics
 
-from conftest import free_port, hub_settings, wait_for_port
+from conftest import free_port, hub_settings, wait_port
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -77,7 +77,7 @@ class Mosquitto:
     def start(self) -> None:
         self.log = open(self.directory / "mosquitto.log", "a")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for_port(self.proc, self.port, "mosquitto", self.directory / "mosquitto.log")
+        wait_port(self.port, self.proc, self.directory / "mosquitto.log")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,7 +12,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-from prometheus_peers import Prometheus, need
+from peers import Prometheus, need
 from roost.api.prometheus import _range_body, format_value, format_values
 from roost.export import encode_write_request
 from roost.model import Reading, Series, now_ms

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import HubProcess
-from prometheus_peers import Prometheus, get_json, need
+from peers import Prometheus, get_json, need
 from roost.model import Series
 from roost.store import Store, StoreOptions
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, HubProcess, hub_settings
-from prometheus_peers import VictoriaMetrics, free_port, get_json
+from peers import VictoriaMetrics, free_port, get_json
 from roost.export import DiskBuffer, InfluxTarget, RemoteWriteTarget, decode_write_request
 from roost.export.exporter import line_protocol
 from roost.export.prompb import encode_write_request

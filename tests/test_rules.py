@@ -847,7 +847,7 @@ async def test_rule_runs_errors_and_enabled_state_are_on_metrics_for_promtool(tm
 
     import aiohttp
     from conftest import hub_settings
-    from prometheus_peers import need
+    from peers import need
     from roost.hub import Hub
     from roost.rules.settings import RulesSettings
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +36,26 @@ class CoolDown(Rule):
 
 
 START = datetime(2024, 6, 7, 10, tzinfo=timezone.utc)
+DEMO_RULES = Path(__file__).resolve().parent.parent / "src" / "roost" / "demo" / "rules"
+
+
+class Recording(FakeThing):
+    """A FakeThing noting each write as a preview step shows it: (now(), "Title.property = json")."""
+
+    def __init__(self, title: str, *, live: list[tuple[datetime, str]], now: Callable[[], datetime], **values):
+        super().__init__(title, **values)
+        self.live, self.now = live, now
+
+    async def _write(self, name, value):
+        self.live.append((self.now(), f"{self.title}.{name} = {json.dumps(value)}"))
+
+
+def rules_directory(tmp_path: Path, source: str) -> Path:
+    """A rules directory holding one file, cool.py, of `source` (dedented)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "cool.py").write_text(textwrap.dedent(source))
+    return rules
 
 
 def readings():
@@ -61,12 +84,7 @@ def history(selector, lo, hi):
 
 async def test_the_preview_and_the_live_rule_agree_action_by_action():
     live: list[tuple[datetime, str]] = []
-
-    class Recording(FakeThing):
-        async def _write(self, name, value):
-            live.append((house.clock.now(), f"Fan.{name} = {json.dumps(value)}"))
-
-    fan = Recording("Fan", on=False, speed=0)
+    fan = Recording("Fan", live=live, now=lambda: house.clock.now(), on=False, speed=0)
     async with RuleHarness(CoolDown, things=[fan], start=START - timedelta(minutes=1)) as house:
         for at, room, value in readings():
             await house.clock.advance_to(at)
@@ -109,9 +127,7 @@ def test_roost_rules_preview_prints_the_timeline_from_the_store(tmp_path):
                          27.0 if m < 60 else 22.0) for m in range(0, 120)])
     store.sync()
     store.close()
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "cool.py").write_text(textwrap.dedent('''
+    rules_directory(tmp_path, '''
         from roost.rules import Rule, Threshold
 
         class CoolDown(Rule):
@@ -126,7 +142,7 @@ def test_roost_rules_preview_prints_the_timeline_from_the_store(tmp_path):
 
             def stop(self):
                 self.Fan.on = False
-    '''))
+    ''')
     config = tmp_path / "roost.toml"
     config.write_text('[rules]\ndirectory = "rules"\ntimezone = "UTC"\n[hub]\nlisten = "127.0.0.1:9"\n')
     proc = run_roost("rules", "preview", "CoolDown", "--since", "6h", "--format", "json", "-c", str(config),
@@ -145,25 +161,24 @@ def test_roost_rules_preview_prints_the_timeline_from_the_store(tmp_path):
 
 
 async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend():
-    from pathlib import Path
-
     from roost.rules.loader import load_directory
     from roost.rules.triggers import sun_event
 
-    sources, problems = load_directory(Path(__file__).resolve().parent.parent / "src" / "roost" / "demo" / "rules")
+    sources, problems = load_directory(DEMO_RULES)
     assert problems == []
     by_name = {s.cls.__name__: s for s in sources}
     berlin = Place(52.52, 13.405, "Europe/Berlin")
     start, end = datetime(2024, 6, 7, 0, tzinfo=timezone.utc), datetime(2024, 6, 9, 0, tzinfo=timezone.utc)  # Fri, Sat
 
-    def things():
-        return [FakeThing("Lounge Lamp", on=False, brightness=60), FakeThing("Porch Light", on=False),
-                FakeThing("Kettle Plug", on=False)]
+    async def weekend(rule: str):
+        things = [FakeThing("Lounge Lamp", on=False, brightness=60), FakeThing("Porch Light", on=False),
+                  FakeThing("Kettle Plug", on=False)]
+        return await preview(by_name[rule], things=things, history=lambda *a: (), start=start, end=end, place=berlin)
 
     def local(step):
         return berlin.local(step.at).strftime("%a %H:%M:%S")
 
-    result = await preview(by_name["WakeUp"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    result = await weekend("WakeUp")
     steps, notes = result.steps, result.notes
     assert notes == []
     assert [(local(s), s.action) for s in steps[:3]] == [
@@ -176,7 +191,7 @@ async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend()
     ]
     assert len(steps) == 102 + 101 and steps[0].sentence == "At 06:30 on weekdays: set brightness of Lounge Lamp to 0"
 
-    steps = (await preview(by_name["PorchLight"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)).steps
+    steps = (await weekend("PorchLight")).steps
     dusk = [sun_event("dusk", datetime(2024, 6, day).date(), berlin) for day in (7, 8)]
     assert [(s.at, s.sentence) for s in steps] == [
         (dusk[0], "At dusk: turn on Porch Light"), (datetime(2024, 6, 7, 21, tzinfo=timezone.utc), "At 23:00: turn off Porch Light"),
@@ -184,30 +199,25 @@ async def test_the_preview_of_the_demos_wake_up_and_porch_rules_over_a_weekend()
     ]
     assert local(steps[0]).startswith("Fri 22:1")
 
-    result = await preview(by_name["BondedLights"], things=things(), history=lambda *a: (), start=start, end=end, place=berlin)
+    result = await weekend("BondedLights")
     assert result.steps == [] and result.notes == [
         "thing changes are not recorded here: the triggers on things never fire in this preview"]
 
 
 async def test_the_preview_of_the_demos_bonded_lights_replays_the_recorded_thing_changes(tmp_path):
     """The live rule records the things' changes as a hub does; the preview over them makes the same writes."""
-    from pathlib import Path
-
     from roost.rules.loader import load_file
     from roost.rules.thinglog import ThingLog
 
-    (source,), _ = load_file(Path(__file__).resolve().parent.parent / "src" / "roost" / "demo" / "rules" / "bonded.py")
-    live = []
-
-    class Recording(FakeThing):
-        async def _write(self, name, value):
-            live.append((house.clock.now(), f"{self.title}.{name} = {json.dumps(value)}"))
+    (source,), _ = load_file(DEMO_RULES / "bonded.py")
+    live: list[tuple[datetime, str]] = []
 
     def things(cls):
         return [cls("Lounge Lamp", id="lounge-lamp", on=False, brightness=60), cls("Porch Light", id="porch-light", on=False)]
 
     start = datetime(2024, 6, 7, 16, tzinfo=timezone.utc)
-    async with RuleHarness(source.cls, things=things(Recording), start=start, thing_log=tmp_path / "changes") as house:
+    recording = partial(Recording, live=live, now=lambda: house.clock.now())
+    async with RuleHarness(source.cls, things=things(recording), start=start, thing_log=tmp_path / "changes") as house:
         await house.clock.advance("1h")
         await house.set("Lounge Lamp", on=True)  # someone uses the dashboard: the porch light follows
         await house.clock.advance("2h")
@@ -236,9 +246,7 @@ async def test_the_hub_answers_a_rules_preview_as_json(tmp_path):
     from roost.rules.settings import RulesSettings
     from roost.things import PropertySpec, Thing
 
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "cool.py").write_text(textwrap.dedent('''
+    rules = rules_directory(tmp_path, '''
         from roost.rules import Rule, Threshold
 
         class CoolDown(Rule):
@@ -249,7 +257,7 @@ async def test_the_hub_answers_a_rules_preview_as_json(tmp_path):
 
             def action(self, *args):
                 self.Fan.on = True
-    '''))
+    ''')
     settings = replace(hub_settings(tmp_path / "data"), rules=RulesSettings(directory=rules, timezone="UTC"))
     now = datetime.now(timezone.utc).replace(microsecond=0)
     began = now - timedelta(hours=2)

@@ -13,12 +13,15 @@ import json
 import logging
 import shutil
 import textwrap
-from datetime import datetime, timezone
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import HubProcess
 
 from roost.model import Series
 from roost.rules import AbsoluteTimeTrigger, Changed, Rule, SunTrigger, Threshold, WhileRule
@@ -563,8 +566,6 @@ def marks(path) -> dict[str, list[float]]:
 
 
 def wait_until(predicate, what: str, timeout: float = 20.0):
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -576,30 +577,77 @@ def wait_until(predicate, what: str, timeout: float = 20.0):
 
 def push(hub, body: str) -> float:
     """POST line protocol (stamped by the hub on arrival); returns the time halfway through the request."""
-    import time
-    import urllib.request
-
     before = time.time()
     with urllib.request.urlopen(urllib.request.Request(hub.url + "/write", data=body.encode(), method="POST"), timeout=10) as r:
         assert r.status == 204
     return (before + time.time()) / 2
 
 
-def real_hub_setup(tmp_path, rules_body: str, extra_config: str = ""):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "promises.py").write_text(textwrap.dedent(MARKING.format(marks=tmp_path / "marks")) + textwrap.dedent(rules_body))
-    config = tmp_path / "roost.toml"
-    config.write_text(f'[rules]\ndirectory = "{rules}"\ntimezone = "UTC"\n{extra_config}')
-    return config
+class KillableHub:
+    """`roost run` on a rules file (with `mark(what)` noting when each action ran) and a store in tmp_path, killed
+    with SIGKILL and started again on the same store."""
+
+    def __init__(self, tmp_path: Path, rules_body: str, extra_config: str = ""):
+        self.rules = tmp_path / "rules"
+        self.rules.mkdir()
+        self.marks_path = tmp_path / "marks"
+        (self.rules / "promises.py").write_text(
+            textwrap.dedent(MARKING.format(marks=self.marks_path)) + textwrap.dedent(rules_body))
+        self.config = tmp_path / "roost.toml"
+        self.config.write_text(f'[rules]\ndirectory = "{self.rules}"\ntimezone = "UTC"\n{extra_config}')
+        self.data = tmp_path / "data"
+        self.process: HubProcess | None = None
+
+    def start(self) -> KillableHub:
+        self.process = HubProcess(self.data, "-c", str(self.config))
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.proc.poll() is None:
+            self.process.kill(9)
+
+    def restart(self) -> KillableHub:
+        self.kill()
+        return self.start()
+
+    def died(self) -> int:
+        """The exit status of a hub that ends by itself (within 10 s)."""
+        assert self.process is not None
+        return self.process.proc.wait(timeout=10)
+
+    def marks(self) -> dict[str, list[float]]:
+        return marks(self.marks_path)
+
+    def state(self, rule: str) -> Path:
+        return self.data / "rules-state" / f"{rule}.json"
+
+    @property
+    def url(self) -> str:
+        assert self.process is not None
+        return self.process.url
+
+    @property
+    def log(self) -> str:
+        assert self.process is not None
+        return Path(self.process.log.name).read_text()
 
 
-def test_a_killed_hub_keeps_a_pending_hold_and_a_timer_at_their_promised_times(tmp_path):
-    import time
+@pytest.fixture
+def killable_hub(tmp_path):
+    """Make the test's KillableHub (not started); it is killed at the end of the test if still running."""
+    made: list[KillableHub] = []
 
-    from conftest import HubProcess
+    def make(rules_body: str, extra_config: str = "") -> KillableHub:
+        made.append(KillableHub(tmp_path, rules_body, extra_config))
+        return made[-1]
 
-    config = real_hub_setup(tmp_path, '''
+    yield make
+    for hub in made:
+        hub.kill()
+
+
+def test_a_killed_hub_keeps_a_pending_hold_and_a_timer_at_their_promised_times(killable_hub):
+    hub = killable_hub('''
 
         class Hot(Rule):
             """Marks when the test room has been above 25 for 8 seconds."""
@@ -624,37 +672,30 @@ def test_a_killed_hub_keeps_a_pending_hold_and_a_timer_at_their_promised_times(t
             def over(self):
                 mark("over")
     ''')
-    data = tmp_path / "data"
-    hub = HubProcess(data, "-c", str(config))
-    try:
-        pushed = push(hub, "heat_celsius,room=test value=26\nboost_requested,room=test value=1\n")
-        boosted = wait_until(lambda: marks(tmp_path / "marks").get("boost"), "the boost rule ran")[0]
-        wait_until(lambda: (data / "rules-state" / "Boost.json").exists() and "timers" in (data / "rules-state" / "Boost.json").read_text(), "the timer saved")
-        time.sleep(max(0.0, pushed + 3 - time.time()))
-        hub.kill(9)  # 3 s into the hold and into the timer
-        assert "hot" not in marks(tmp_path / "marks")
-        hub = HubProcess(data, "-c", str(config))
-        restarted = time.time()
-        wait_until(lambda: {"hot", "over"} <= set(marks(tmp_path / "marks")), "the hold and the timer", timeout=30)
-        time.sleep(2)  # anything fired twice would be there by now
-    finally:
-        hub.kill(9)
-    seen = marks(tmp_path / "marks")
+    hub.start()
+    pushed = push(hub, "heat_celsius,room=test value=26\nboost_requested,room=test value=1\n")
+    boosted = wait_until(lambda: hub.marks().get("boost"), "the boost rule ran")[0]
+    wait_until(lambda: hub.state("Boost").exists() and "timers" in hub.state("Boost").read_text(), "the timer saved")
+    time.sleep(max(0.0, pushed + 3 - time.time()))
+    hub.kill()  # 3 s into the hold and into the timer
+    assert "hot" not in hub.marks()
+    hub.start()
+    restarted = time.time()
+    wait_until(lambda: {"hot", "over"} <= set(hub.marks()), "the hold and the timer", timeout=30)
+    time.sleep(2)  # anything fired twice would be there by now
+    hub.kill()
+    seen = hub.marks()
     assert restarted < pushed + 7, "the restart took too long for this test to mean anything"
     assert (len(seen["boost"]), len(seen["hot"]), len(seen["over"])) == (1, 1, 1)
     assert abs(seen["hot"][0] - (pushed + 8)) < 1.0
     assert abs(seen["over"][0] - (boosted + 8)) < 1.0
 
 
-def test_a_hub_that_dies_as_a_timer_acts_or_just_before_does_not_act_twice_or_never(tmp_path):
+def test_a_hub_that_dies_as_a_timer_acts_or_just_before_does_not_act_twice_or_never(killable_hub):
     """Two real crashes: `Once` kills the process (os._exit) as its timer's method starts, `Late` as the state
     saying its timer is over is being written (the rule file wraps the state store's write). After each restart
     each timer's method has run exactly once."""
-    import time
-
-    from conftest import HubProcess
-
-    config = real_hub_setup(tmp_path, '''
+    hub = killable_hub('''
         import os
 
         from roost.rules.state import RuleStateStore
@@ -702,34 +743,24 @@ def test_a_hub_that_dies_as_a_timer_acts_or_just_before_does_not_act_twice_or_ne
             def over(self):
                 mark("late_over")
     ''')
-    data = tmp_path / "data"
-    seen = lambda: marks(tmp_path / "marks")  # noqa: E731
-    hub = HubProcess(data, "-c", str(config))
-    try:
-        push(hub, "once_requested,room=test value=1\nlate_requested,room=test value=1\n")
-        wait_until(lambda: "over" in seen(), "Once's timer")
-        assert hub.proc.wait(timeout=10) == 9  # died in the timer's method
-        hub = HubProcess(data, "-c", str(config))
-        wait_until(lambda: "crashed" in seen(), "Late's timer")
-        assert hub.proc.wait(timeout=10) == 9  # died writing that the timer is over
-        assert "late_over" not in seen()
-        hub = HubProcess(data, "-c", str(config))
-        wait_until(lambda: "late_over" in seen(), "Late's timer after the restart")
-        time.sleep(2)  # anything run twice would be there by now
-    finally:
-        if hub.proc.poll() is None:
-            hub.kill(9)
-    counts = {what: len(at) for what, at in seen().items()}
+    hub.start()
+    push(hub, "once_requested,room=test value=1\nlate_requested,room=test value=1\n")
+    wait_until(lambda: "over" in hub.marks(), "Once's timer")
+    assert hub.died() == 9  # died in the timer's method
+    hub.start()
+    wait_until(lambda: "crashed" in hub.marks(), "Late's timer")
+    assert hub.died() == 9  # died writing that the timer is over
+    assert "late_over" not in hub.marks()
+    hub.start()
+    wait_until(lambda: "late_over" in hub.marks(), "Late's timer after the restart")
+    time.sleep(2)  # anything run twice would be there by now
+    hub.kill()
+    counts = {what: len(at) for what, at in hub.marks().items()}
     assert counts == {"once": 1, "late": 1, "over": 1, "crashed": 1, "late_over": 1}
 
-def test_a_schedule_missed_by_a_killed_hub_is_caught_up_once_or_logged(tmp_path):
-    import time
-    from datetime import datetime, timedelta, timezone
-
-    from conftest import HubProcess
-
+def test_a_schedule_missed_by_a_killed_hub_is_caught_up_once_or_logged(killable_hub):
     at = (datetime.now(timezone.utc) + timedelta(seconds=12)).strftime("%H:%M:%S")
-    config = real_hub_setup(tmp_path, f'''
+    hub = killable_hub(f'''
 
         class Caught(Rule):
             """Catches up for two hours."""
@@ -750,37 +781,33 @@ def test_a_schedule_missed_by_a_killed_hub_is_caught_up_once_or_logged(tmp_path)
             def action(self, *args):
                 mark("missed")
     ''')
-    data = tmp_path / "data"
-    hub = HubProcess(data, "-c", str(config))
-    wait_until(lambda: all((data / "rules-state" / f"{name}.json").exists() for name in ("Caught", "Missed")), "promises saved")
-    hub.kill(9)
+    hub.start()
+    wait_until(lambda: all(hub.state(name).exists() for name in ("Caught", "Missed")), "promises saved")
+    hub.kill()
     due = datetime.combine(datetime.now(timezone.utc).date(), datetime.strptime(at, "%H:%M:%S").time(), timezone.utc)
     assert datetime.now(timezone.utc) < due, "the hub took too long to start for this test to mean anything"
     time.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds() + 0.5))
-    hub = HubProcess(data, "-c", str(config))
-    try:
-        wait_until(lambda: marks(tmp_path / "marks").get("caught"), "the caught-up run")
-        time.sleep(1)
-    finally:
-        hub.kill(9)
-    assert marks(tmp_path / "marks") == {"caught": marks(tmp_path / "marks")["caught"]}
-    assert len(marks(tmp_path / "marks")["caught"]) == 1
-    log = Path(hub.log.name).read_text()
+    hub.start()
+    wait_until(lambda: hub.marks().get("caught"), "the caught-up run")
+    time.sleep(1)
+    hub.kill()
+    assert hub.marks() == {"caught": hub.marks()["caught"]}
+    assert len(hub.marks()["caught"]) == 1
+    log = hub.log
     assert f"rule Missed: missed at {at}: it fell at {due:%Y-%m-%d} {at} UTC while the hub was down (no catch_up)" in log
 
 
-async def test_a_while_rule_in_effect_when_the_hub_was_killed_still_undoes_its_action(tmp_path):
+async def test_a_while_rule_in_effect_when_the_hub_was_killed_still_undoes_its_action(tmp_path, killable_hub):
     """Through a zigbee2mqtt fan on a real mosquitto: the test plays the device, confirming each command."""
     import asyncio
     import contextlib
 
     import aiomqtt
-    from conftest import HubProcess
     from test_mqtt import Mosquitto
 
     broker = Mosquitto(tmp_path)
     broker.start()
-    config = real_hub_setup(tmp_path, '''
+    hub = killable_hub('''
         from roost.rules import WhileRule
 
 
@@ -793,7 +820,6 @@ async def test_a_while_rule_in_effect_when_the_hub_was_killed_still_undoes_its_a
             def action(self, *args):
                 self.test_fan.on = True
     ''', f'[[source.mqtt]]\nurl = "{broker.url}"\nname = "home"\n[source.mqtt.zigbee2mqtt]\n')
-    data = tmp_path / "data"
     commands: asyncio.Queue = asyncio.Queue()
 
     async def device(client: aiomqtt.Client) -> None:
@@ -814,19 +840,17 @@ async def test_a_while_rule_in_effect_when_the_hub_was_killed_still_undoes_its_a
                 await asyncio.sleep(0.05)
         raise AssertionError("the fan did not become a thing")
 
-    hub = None
     try:
         async with broker.client() as client:
             await client.publish("zigbee2mqtt/test_fan", json.dumps({"state": "OFF"}), qos=1, retain=True)
             playing = asyncio.create_task(device(client))
             try:
-                hub = await asyncio.to_thread(HubProcess, data, "-c", str(config))
+                await asyncio.to_thread(hub.start)
                 await fan_known(hub)
                 await asyncio.to_thread(push, hub, "heat_celsius,room=test value=26\n")
                 assert await asyncio.wait_for(commands.get(), 10) == {"state": "ON"}
                 await asyncio.sleep(0.3)  # the device's confirmation reaches the hub
-                await asyncio.to_thread(hub.kill, 9)
-                hub = await asyncio.to_thread(HubProcess, data, "-c", str(config))
+                await asyncio.to_thread(hub.restart)
                 await fan_known(hub)
                 await asyncio.sleep(2.5)  # the rule arms (it waits for the fan) and judges the stored readings
                 assert commands.empty()  # still in effect: nothing sent again
@@ -837,17 +861,12 @@ async def test_a_while_rule_in_effect_when_the_hub_was_killed_still_undoes_its_a
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await playing
     finally:
-        if hub is not None:
-            hub.kill(9)
+        hub.kill()
         broker.stop()
 
 
-def test_editing_one_rule_file_of_a_running_hub_keeps_another_rules_pending_timer(tmp_path):
-    import time
-
-    from conftest import HubProcess
-
-    config = real_hub_setup(tmp_path, '''
+def test_editing_one_rule_file_of_a_running_hub_keeps_another_rules_pending_timer(killable_hub):
+    hub = killable_hub('''
 
         class Boost(Rule):
             """Marks a boost request and, 6 seconds later, its end."""
@@ -862,25 +881,21 @@ def test_editing_one_rule_file_of_a_running_hub_keeps_another_rules_pending_time
             def over(self):
                 mark("over")
     ''')
-    other = tmp_path / "rules" / "other.py"
+    other = hub.rules / "other.py"
     other.write_text(textwrap.dedent(OTHER_FILE.replace("VERSION", "1")))
-    data = tmp_path / "data"
-    hub = HubProcess(data, "-c", str(config))
-    try:
-        push(hub, "boost_requested,room=test value=1\n")
-        boosted = wait_until(lambda: marks(tmp_path / "marks").get("boost"), "the boost rule ran")[0]
-        other.write_text(textwrap.dedent(OTHER_FILE.replace("VERSION", "two")))
-        log = Path(hub.log.name)
-        wait_until(lambda: "rules: reloaded other.py (Other)" in log.read_text(), "the edited file reloaded")
-        assert time.time() < boosted + 6, "the reload came too late for this test to mean anything"
-        wait_until(lambda: marks(tmp_path / "marks").get("over"), "the timer")
-        time.sleep(1)
-    finally:
-        hub.kill(9)
-    seen = marks(tmp_path / "marks")
+    hub.start()
+    push(hub, "boost_requested,room=test value=1\n")
+    boosted = wait_until(lambda: hub.marks().get("boost"), "the boost rule ran")[0]
+    other.write_text(textwrap.dedent(OTHER_FILE.replace("VERSION", "two")))
+    wait_until(lambda: "rules: reloaded other.py (Other)" in hub.log, "the edited file reloaded")
+    assert time.time() < boosted + 6, "the reload came too late for this test to mean anything"
+    wait_until(lambda: hub.marks().get("over"), "the timer")
+    time.sleep(1)
+    hub.kill()
+    seen = hub.marks()
     assert (len(seen["boost"]), len(seen["over"])) == (1, 1)
     assert abs(seen["over"][0] - (boosted + 6)) < 1.0
-    assert "rules: reloaded other.py (Other)" in log.read_text() and "rules: 2 of 2 armed" in log.read_text()
+    assert "rules: reloaded other.py (Other)" in hub.log and "rules: 2 of 2 armed" in hub.log
 
 
 async def test_roost_rules_reload_reloads_the_changed_file_now(tmp_path):

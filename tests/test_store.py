@@ -411,3 +411,64 @@ def test_hourly_summaries_of_sealed_days_come_from_the_rollups_without_decoding_
         rows = summaries(s, meter, True)
         assert len(decoded) == 40
         np.testing.assert_array_equal(rows, summarize(ts, energy, 3_600_000).rows)
+
+
+def _five_minute_summaries(store: Store, series: Series, start: int, end: int) -> np.ndarray:
+    selector = Selector.parse(str(series))
+    found = store.read_view().run(lambda v: list(v.summaries(selector, start, end, 300_000)))
+    return found[0][1].rows
+
+
+def _count_decodes(monkeypatch) -> list[int]:
+    import roost.store.engine as engine
+
+    decoded: list[int] = []
+    real_decode, real_decoded = engine.decode_chunk, engine.Decoded
+
+    class Decoded(real_decoded):
+        def __init__(self, blob):
+            decoded.append(1)
+            super().__init__(blob)
+
+    monkeypatch.setattr(engine, "decode_chunk", lambda blob: decoded.append(1) or real_decode(blob))
+    monkeypatch.setattr(engine, "Decoded", Decoded)
+    return decoded
+
+
+def test_warming_summarizes_the_newest_week_of_every_series_so_a_week_long_query_decodes_nothing(tmp_path, monkeypatch):
+    ts = T0 + 7_000 + np.arange(0, 12 * DAY_MS, 15_000)
+    temps = np.round(21 + np.cumsum(np.random.default_rng(5).normal(0, 0.05, len(ts))), 2)
+    with Store.open(tmp_path / "d", writer=True) as s:
+        s.write_bulk(LOUNGE, ts, temps, now=T0 + 20 * DAY_MS)
+        s.write_bulk(BEDROOM, ts, temps + 1, now=T0 + 20 * DAY_MS)
+        assert s.warm_summaries(days=1) == 2
+        assert s.warm_summaries() == 2 * 8  # the newest 8 days of both series
+        decoded = _count_decodes(monkeypatch)
+        start, end = T0 + 5 * DAY_MS, T0 + 12 * DAY_MS  # 7 days, all among the newest 8
+        rows = _five_minute_summaries(s, BEDROOM, start, end)
+        assert decoded == []
+        inside = (ts >= start) & (ts < end)
+        np.testing.assert_array_equal(rows, summarize(ts[inside], temps[inside] + 1, 300_000).rows)
+        _five_minute_summaries(s, BEDROOM, T0 + 3 * DAY_MS, T0 + 4 * DAY_MS)  # older than the newest 8 days
+        assert len(decoded) == 1
+
+
+def test_days_sealed_by_compaction_keep_their_five_minute_summaries(tmp_path, monkeypatch):
+    day = T0 + 30 * DAY_MS
+    with Store.open(tmp_path / "d", writer=True) as s:
+        kitchen = Series.of("temperature_celsius", room="kitchen")
+        early = [Reading(LOUNGE, day + i * 60_000, float(i % 7)) for i in range(720)]
+        quiet = [Reading(kitchen, day + i * 60_000, 20.0 - i % 3) for i in range(720)]  # nothing after midday
+        s.write(early + quiet)
+        s.compact(now=day + 13 * 3_600_000)  # the day is still open
+        late = [Reading(LOUNGE, day + i * 60_000, float(i % 5)) for i in range(720, 1440)]
+        late += [Reading(BEDROOM, day + i * 60_000, 2.0) for i in range(1440)]
+        s.write(late)
+        # sealed: the lounge's open chunk with new samples, the bedroom's from the head, the kitchen's open chunk alone
+        s.compact(now=day + DAY_MS + 60_000)
+        decoded = _count_decodes(monkeypatch)
+        for series, readings in ((LOUNGE, early + late[:720]), (BEDROOM, late[720:]), (kitchen, quiet)):
+            rows = _five_minute_summaries(s, series, day, day + DAY_MS)
+            expected = summarize(np.array([r.ts_ms for r in readings]), np.array([r.value for r in readings]), 300_000)
+            np.testing.assert_array_equal(rows, expected.rows)
+        assert decoded == []

@@ -23,6 +23,7 @@ reading: the hand-over to the thread and back cost more than such a query.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = ["add_prometheus_routes", "exposition", "format_value", "format_values"]
 
+log = logging.getLogger("roost.api")
+
 MAX_WRITE_BYTES = 32 * 1024 * 1024  # decoded; Prometheus sends a few hundred KB per request
 # A query reading at most this many day chunks (series x days) is answered on the event loop, without the hand-over
 # to the query thread: a week of three series. Uncached, that is ~3 ms of decoding on this loop; cached, under 1 ms.
@@ -74,6 +77,7 @@ def add_prometheus_routes(app: web.Application, hub: Hub) -> None:
     app.router.add_get("/api/v1/label/{name}/values", api.label_values)
     app.router.add_get("/api/v1/status/buildinfo", api.buildinfo)
     app.router.add_post("/api/v1/write", api.remote_write)
+    app.on_startup.append(api.warm)
     app.on_cleanup.append(api.close)
 
 
@@ -183,6 +187,18 @@ class _PrometheusApi:
         )
         self._published: deque[tuple[float, int]] = deque()
         self._queries = ThreadPoolExecutor(1, thread_name_prefix="roost-promql")
+
+    async def warm(self, _app: web.Application) -> None:
+        """Before the hub serves: the newest week's 5-minute summaries into the store's cache, in the query thread
+        (`Store.warm_summaries`: ~0.1 s here, bounded by its cache budget). Queries answered during it on the
+        event loop would share the interpreter with it, which costs them more than the wait."""
+        started = time.perf_counter()
+        try:
+            days = await asyncio.get_running_loop().run_in_executor(self._queries, self.hub.store.warm_summaries)
+        except (RoostError, OSError) as err:
+            log.warning("summaries of the newest days not prepared: %s (queries make them when asked)", err)
+            return
+        log.info("summaries of %d sealed days prepared in %.0f ms", days, (time.perf_counter() - started) * 1000)
 
     async def close(self, _app: web.Application) -> None:
         self._queries.shutdown(wait=False, cancel_futures=True)

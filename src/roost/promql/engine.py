@@ -557,6 +557,7 @@ class _Buckets:
          self.resets) = rows
         self.series_start = np.arange(0, rows.shape[1], n)[:, None]  # the flat index of each series' first bucket
 
+    @cached_property
     def _flat(self) -> tuple[np.ndarray, np.ndarray]:
         """Every flat index, and the flat index of its series' first bucket."""
         idx = np.arange(len(self.count))
@@ -565,14 +566,14 @@ class _Buckets:
     @cached_property
     def prev(self) -> np.ndarray:
         """The newest non-empty bucket <= j of the same series, or -1 (only some functions need it)."""
-        idx, start = self._flat()
+        idx, start = self._flat
         newest = np.maximum.accumulate(np.where(self.count > 0, idx, start - 1))
         return np.where(newest >= start, newest, -1)
 
     @cached_property
     def next(self) -> np.ndarray:
         """The oldest non-empty bucket >= j of the same series, or its series' end."""
-        idx, start = self._flat()
+        idx, start = self._flat
         oldest = np.minimum.accumulate(np.where(self.count > 0, idx, start + self.n)[::-1])[::-1]
         return np.minimum(oldest, start + self.n)
 

@@ -57,7 +57,7 @@ class Summary:
         if len(parts) == 1:
             return parts[0]
         rows = np.concatenate([p.rows for p in parts], axis=1)
-        if not bool(np.all(rows[TS, 1:] > rows[TS, :-1])):
+        if any(a.rows[TS, -1] >= b.rows[TS, 0] for a, b in zip(parts, parts[1:])):  # each part is sorted
             rows = rows[:, np.argsort(rows[TS], kind="stable")]
         return cls(rows)
 

@@ -14,7 +14,7 @@ import time
 
 import aiohttp
 import pytest
-from conftest import free_port, hub_settings, wait_for_port
+from conftest import free_port, hub_settings, wait_port
 
 from roost.hub import Hub
 from roost.secret import Secret
@@ -71,7 +71,7 @@ class WebThingLab:
     def start(self) -> None:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen([sys.executable, str(self.script), str(self.port)], stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.proc, self.port, "webthing server", self.log, timeout=20)
+        wait_port(self.port, self.proc, self.log, timeout=20)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

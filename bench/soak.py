@@ -37,7 +37,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,56 +62,6 @@ SENSOR_PERIOD_S = 1.5
 PUSH_SERIES = 300
 PUSH_LINES = 50
 PUSH_PERIOD_S = 0.25  # 200 readings/s: each series every 1.5 s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-
-
-class Peer:
-    """A peer process that can be stopped and started again on the same port."""
-
-    def __init__(self, name: str, argv: list[str], port: int, log: Path):
-        self.name, self.argv, self.port, self.log = name, argv, port, log
-        self.proc: subprocess.Popen | None = None
-        self.restarts = 0
-        self.restarted_at: list[float] = []
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        wait_port(self.port, self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.restarted_at.append(time.monotonic())
-        self.start()
-        self.restarts += 1
 
 
 def rss_mb(pid: int) -> float:

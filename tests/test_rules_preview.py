@@ -110,6 +110,36 @@ async def test_the_preview_and_the_live_rule_agree_action_by_action():
     assert steps[4].sentence == 'Temperature_celsius{room=~"lounge|hall"} > 25 for 10m: set speed of Fan to 3'
 
 
+class Overheats(Rule):
+    """When a room has been above 25 °C for 10 minutes, fail."""
+
+    def register_triggers(self):
+        return (Threshold('temperature_celsius{room=~"lounge|hall"} > 25 for 10m'),)
+
+    def action(self, trigger, series, value):
+        raise RuntimeError(f"{series} at {value}")
+
+
+async def test_an_action_that_raises_is_a_failure_of_the_timeline_as_the_live_rule_counts_it():
+    async with RuleHarness(Overheats, things=[], start=START - timedelta(minutes=1)) as house:
+        for at, room, value in readings():
+            await house.clock.advance_to(at)
+            await house.reading(f'temperature_celsius{{room="{room}"}}', value)
+        live_errors = house.engine.runtimes["Overheats"].errors_total
+
+    result = await preview(RuleSource(Overheats, None, 1), things=[], history=history, start=START - timedelta(minutes=1),
+                           end=START + timedelta(hours=5), place=Place(timezone="UTC"))
+    trigger = 'temperature_celsius{room=~"lounge|hall"} > 25 for 10m'
+    assert result.steps == [] and len(result.failures) == live_errors == 2
+    assert [(f.at.strftime("%H:%M"), f.trigger, f.disabled) for f in result.failures] == [
+        ("10:30", trigger, False), ("12:40", trigger, False)]
+    assert result.failures[1].error == 'Overheats.action failed: RuntimeError: temperature_celsius{room="hall"} at 29.5'
+    assert result.as_json()["inputs"] == [{"trigger": trigger, "selector": 'temperature_celsius{room=~"lounge|hall"}',
+                                           "op": ">", "limit": 25.0}]
+    assert result.as_json()["failures"][0] == {"at": "2024-06-07T10:30:00.000+00:00", "trigger": trigger,
+                                               "error": result.failures[0].error, "disabled": False}
+
+
 def test_roost_rules_preview_prints_the_timeline_from_the_store(tmp_path):
     from conftest import run_roost
 

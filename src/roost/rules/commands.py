@@ -191,6 +191,10 @@ def _preview(args: argparse.Namespace, settings, sources, problems: list[str]) -
         if not result.steps:
             print(f"{args.rule}: did nothing between {place.local(result.start):%Y-%m-%d %H:%M} and "
                   f"{place.local(end):%Y-%m-%d %H:%M}")
+        for failure in result.failures:
+            local = place.local(failure.at).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{local}  {failure.trigger:<32}  error: {failure.error}"
+                  + ("  (disabled after this failure)" if failure.disabled else ""), file=sys.stderr)
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
     return 1 if problems else 0

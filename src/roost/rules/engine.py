@@ -481,6 +481,8 @@ class RuleRuntime:
             where, self.name, what, self.failures, limit, type(err).__name__, err,
             exc_info=(type(err), err, err.__traceback__),
         )
+        if self.engine.failure_tracer is not None:
+            self.engine.failure_tracer(self, f"{self.name}.{what} failed: {type(err).__name__}: {err}", self.failures >= limit)
         if self.failures >= limit:
             log.error("%s: rule %s disabled after %d failures in a row; enable it again once fixed", where, self.name, limit)
             self.enabled = False
@@ -703,6 +705,7 @@ class RuleEngine:
         self._flush_soon = False
         self._files: dict[str, tuple[int, int]] = {}
         self.tracer: Callable[[RuleRuntime, Trigger | str | None, str], None] | None = None  # for previews
+        self.failure_tracer: Callable[[RuleRuntime, str, bool], None] | None = None  # for previews: (rule, error, disabled)
         self.notify_targets = list(notify)
         self.last_reloaded: list[str] = []  # the files the last reload_if_changed() reloaded
         self.thing_log = ThingLog(thing_log) if thing_log is not None else None  # thing changes, for previews

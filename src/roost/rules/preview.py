@@ -6,14 +6,15 @@ The rule runs on the real engine (`roost.testing.RuleHarness`) from the start of
 judged from the store as at a hub's start, its time and sun triggers firing as the clock moves, and the stored
 readings its thresholds watch published at their own timestamps. Its things are stand-ins holding the hub's
 current values (when a hub answers) that record what the rule asks of them instead of doing it. Thing changes
-are not in the store, so triggers on things never fire in a preview.
+come from the hub's thing log (roost.rules.thinglog) when one is given. An action that raises is a `Failure`
+of the timeline, as the live rule would log it (and disabled after as many in a row).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +27,7 @@ from roost.rules.settings import NotifySettings
 from roost.rules.triggers import ThingTrigger, Threshold, Trigger
 from roost.things import Thing
 
-__all__ = ["Preview", "Step", "preview"]
+__all__ = ["Failure", "Input", "Preview", "Step", "preview"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,36 @@ class Step:
                 "sentence": self.sentence}
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The rule raised: when, because of what, the error, and whether that failure disabled the rule."""
+
+    at: datetime
+    trigger: str
+    error: str
+    disabled: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(timespec="milliseconds"), "trigger": self.trigger, "error": self.error,
+                "disabled": self.disabled}
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """A threshold the rule watches: its trigger as the steps name it, the series' selector and the limit."""
+
+    trigger: str
+    selector: str
+    op: str
+    limit: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"trigger": self.trigger, "selector": self.selector, "op": self.op, "limit": self.limit}
+
+
 @dataclass(slots=True)
 class Preview:
-    """A rule's timeline over a range, and notes on what the preview could not show."""
+    """A rule's timeline over a range, what it watched and what failed, and notes on what the preview could not show."""
 
     rule: str
     sentence: str
@@ -53,10 +81,13 @@ class Preview:
     end: datetime
     steps: list[Step]
     notes: list[str]
+    failures: list[Failure] = field(default_factory=list)
+    inputs: list[Input] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {"rule": self.rule, "sentence": self.sentence, "start": self.start.isoformat(timespec="seconds"),
                 "end": self.end.isoformat(timespec="seconds"), "steps": [s.as_json() for s in self.steps],
+                "failures": [f.as_json() for f in self.failures], "inputs": [i.as_json() for i in self.inputs],
                 "notes": self.notes}
 
 
@@ -112,6 +143,7 @@ async def preview(
     from roost.testing import FakeThing, RuleHarness, settle
 
     steps: list[Step] = []
+    failures: list[Failure] = []
     causes: dict[str, str] = {}  # rule → what its current action runs for
     harness: RuleHarness
 
@@ -152,7 +184,11 @@ async def preview(
         text = _cause(cause)
         causes[rt.name] = text if what == "act" else f"{text} no longer holds"
 
+    def failed(rt, error: str, disabled: bool) -> None:
+        failures.append(Failure(harness.clock.now(), causes.get(rt.name, "start"), error, disabled))
+
     harness.engine.tracer = trace
+    harness.engine.failure_tracer = failed
     harness.engine.notifier = _Notifications(list(notify), harness.clock.now, steps, causes)
     if properties:
         harness.engine._saved[source.cls.__name__] = {"properties": properties}  # as a restarted hub takes them
@@ -165,6 +201,7 @@ async def preview(
         if changes is None and any(isinstance(t, ThingTrigger) for t in rt.triggers):
             notes.append("thing changes are not recorded here: the triggers on things never fire in this preview")
         thresholds = [t for t in rt.triggers if isinstance(t, Threshold)]
+        inputs = [Input(t.describe(), t.selector.text, t.op, t.limit) for t in thresholds]
         streams = []
         for trigger in thresholds:
             for data in history(trigger.selector, lo, hi):
@@ -185,7 +222,7 @@ async def preview(
             await settle()
         if end > house.clock.now():
             await house.clock.advance_to(end)
-    return Preview(name, rt.sentence, start, end, steps, notes)
+    return Preview(name, rt.sentence, start, end, steps, notes, failures, inputs)
 
 
 _BEFORE_MS = 2 * 86_400_000  # how far before the start a thing's last recorded value is looked for

@@ -9,9 +9,9 @@ export const CHARTS = ["temperature_celsius", "humidity_percent", "pressure_hpa"
 const ALL_CHARTS = encodeURIComponent(`{__name__=~"${CHARTS.join("|")}"}`);
 
 // uPlot is loaded by the first History view, after its first query is on its way: the hub computes the answer
-// while the browser parses uPlot, and an Overview visit never loads it.
+// while the browser parses uPlot, and an Overview visit never loads it. A rule's preview (rules.js) loads it too.
 let uplotReady = null;
-function loadUplot() {
+export function loadUplot() {
   uplotReady ??= new Promise((resolve) => {
     if (typeof uPlot !== "undefined") return resolve(true);
     const script = el("script", { src: "/assets/uplot/uPlot.iife.min.js" });
@@ -52,7 +52,7 @@ export function stepFor(span) {
   return STEPS.find((s) => span / s <= MAX_POINTS) ?? STEPS[STEPS.length - 1];
 }
 
-function stepParam(ms) {
+export function stepParam(ms) {
   if (ms % DAY === 0) return `${ms / DAY}d`;
   if (ms % HOUR === 0) return `${ms / HOUR}h`;
   return `${ms / MINUTE}m`;

@@ -330,6 +330,18 @@ async def test_a_change_made_with_the_cookie_needs_the_dashboard_header_and_its_
     assert written == [("desk-lamp", "on", True)]
 
 
+async def test_the_dashboards_rule_preview_is_a_read_a_viewers_cookie_may_make(guarded, http):
+    hub, tokens, _ = guarded
+    url = "/api/rules/Porch/preview?since=24h"
+    async with http.get(url) as r:
+        assert r.status == 401
+    _, cookie = await _login(http, tokens["viewer"])
+    async with http.get(url, headers={"Cookie": f"{COOKIE}={cookie[COOKIE].value}"}) as r:  # no CSRF header: a GET
+        assert r.status == 404 and "no rule named 'Porch'" in (await r.json())["error"]  # past access control
+    async with http.get(url, headers=bearer(tokens["desk-viewer"])) as r:
+        assert r.status == 403 and "limited to the things" in (await r.json())["error"]
+
+
 async def test_a_websocket_opened_with_the_cookie_must_come_from_the_hubs_own_page(guarded, http):
     hub, tokens, _ = guarded
     _, cookie = await _login(http, tokens["viewer"])

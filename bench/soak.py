@@ -62,6 +62,7 @@ SENSOR_PERIOD_S = 1.5
 PUSH_SERIES = 300
 PUSH_LINES = 50
 PUSH_PERIOD_S = 0.25  # 200 readings/s: each series every 1.5 s
+MQTT_STALL_S = 15.0  # no acknowledgement for this long while messages wait: a new publisher
 
 
 def rss_mb(pid: int) -> float:
@@ -94,6 +95,7 @@ class Load:
         self.mqtt_published = 0
         self.mqtt_acked = 0
         self.mqtt_unacked = 0
+        self.mqtt_client_replaced = 0  # publishers replaced after a stall
         self.mqtt_acked_sequence: dict[int, float] = {}  # message sequence number -> when the broker acknowledged it
         self.probe_ms: list[float] = []
         self.probe_failures: Counter[str] = Counter()
@@ -130,23 +132,41 @@ class Load:
             self.stop.wait(max(0.0, next_at - time.monotonic()))
 
     def _mqtt(self) -> None:
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="soak-sensors", clean_session=False)
-        client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(100)
-        pending: dict[int, int] = {}
+        """Publish the sensors' readings at QoS 1, counting what the broker acknowledged.
+
+        paho can stop sending for good after a reconnect when its in-flight window was full as the connection
+        dropped (eclipse-paho/paho.mqtt.python#24 and kin): messages are accepted and queued, nothing goes
+        out. So a client that has had no acknowledgement for `MQTT_STALL_S` while messages wait is replaced by
+        a fresh one; what the old one never got acknowledged stays unacknowledged (the soak only requires
+        acknowledged readings to be stored), and the replacement is counted.
+        """
         lock = threading.Lock()
+        pending: dict[int, int] = {}  # mid -> message sequence number, for the current client
+        last_ack = [time.monotonic()]
 
-        def on_publish(_c, _u, mid, _rc, _p):
-            with lock:
-                sequence = pending.pop(mid, None)
-                if sequence is not None:
-                    self.mqtt_acked += 3
-                    self.mqtt_acked_sequence[sequence] = time.monotonic()
+        def connect(generation: int) -> paho.Client:
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"soak-sensors-{generation}",
+                                 clean_session=False)
+            client.max_queued_messages_set(0)
+            client.max_inflight_messages_set(100)
 
-        client.on_publish = on_publish
-        client.connect_async("127.0.0.1", self.broker_port, keepalive=10)
-        client.reconnect_delay_set(0.2, 2)
-        client.loop_start()
+            def on_publish(_c, _u, mid, _rc, _p):
+                with lock:
+                    if client is not current[0]:
+                        return
+                    last_ack[0] = time.monotonic()
+                    sequence = pending.pop(mid, None)
+                    if sequence is not None:
+                        self.mqtt_acked += 3
+                        self.mqtt_acked_sequence[sequence] = time.monotonic()
+
+            client.on_publish = on_publish
+            client.connect_async("127.0.0.1", self.broker_port, keepalive=10)
+            client.reconnect_delay_set(0.2, 2)
+            client.loop_start()
+            return client
+
+        current = [connect(0)]
         rng = random.Random(2)
         period = SENSOR_PERIOD_S / SENSORS
         next_at = time.monotonic()
@@ -156,7 +176,23 @@ class Load:
             payload = {"temperature": round(rng.uniform(18, 24), 2), "humidity": round(rng.uniform(35, 60), 1),
                        "pressure": round(rng.uniform(990, 1030), 1), "sequence": k}
             with lock:
-                info = client.publish(f"zigbee2mqtt/soak_sensor_{sensor:02d}", json.dumps(payload), qos=1)
+                stalled = pending and time.monotonic() - last_ack[0] > MQTT_STALL_S
+                if stalled:
+                    old = current[0]
+                    self.mqtt_unacked += 3 * len(pending)
+                    pending.clear()
+                    self.mqtt_client_replaced += 1
+                    last_ack[0] = time.monotonic()
+            if stalled:
+                old.loop_stop()
+                old.disconnect()
+                client = connect(self.mqtt_client_replaced)
+                with lock:
+                    current[0] = client
+            with lock:
+                info = current[0].publish(f"zigbee2mqtt/soak_sensor_{sensor:02d}", json.dumps(payload), qos=1)
+                if not pending:
+                    last_ack[0] = time.monotonic()  # the stall clock runs from the oldest wait
                 pending[info.mid] = k
                 self.mqtt_published += 3
             k += 1
@@ -165,9 +201,10 @@ class Load:
         deadline = time.monotonic() + 60  # let what paho queued during a broker restart go out
         while pending and time.monotonic() < deadline:
             time.sleep(0.2)
-        self.mqtt_unacked = 3 * len(pending)
-        client.loop_stop()
-        client.disconnect()
+        with lock:
+            self.mqtt_unacked += 3 * len(pending)
+        current[0].loop_stop()
+        current[0].disconnect()
 
     def _probe(self) -> None:
         while not self.stop.is_set():
@@ -435,7 +472,8 @@ def main() -> int:
          + f" ({drain_s:.0f} s after the load stopped)"),
         ("  push answers", ", ".join(f"{k}: {v}" for k, v in sorted(load.push_status.items()))),
         ("MQTT readings published / acknowledged by the broker",
-         f"{load.mqtt_published:,} / {load.mqtt_acked:,} ({load.mqtt_unacked:,} never acknowledged)"
+         f"{load.mqtt_published:,} / {load.mqtt_acked:,} ({load.mqtt_unacked:,} never acknowledged, "
+         f"{load.mqtt_client_replaced} stalled publishers replaced)"
          + ("" if load.mqtt_acked >= 0.9 * load.mqtt_published else "  THE PUBLISHER STALLED")),
         ("  of them stored", f"{stored.get('mqtt', 0):,}" + (f"  ({len(lost)} messages lost)" if lost else "  OK")),
         ("broker restarts / VictoriaMetrics outages", f"{broker.restarts} / {vm.restarts}"),

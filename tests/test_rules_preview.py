@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -120,13 +121,15 @@ class Overheats(Rule):
         raise RuntimeError(f"{series} at {value}")
 
 
-async def test_an_action_that_raises_is_a_failure_of_the_timeline_as_the_live_rule_counts_it():
+async def test_an_action_that_raises_is_a_failure_of_the_timeline_as_the_live_rule_counts_it(caplog):
     async with RuleHarness(Overheats, things=[], start=START - timedelta(minutes=1)) as house:
         for at, room, value in readings():
             await house.clock.advance_to(at)
             await house.reading(f'temperature_celsius{{room="{room}"}}', value)
         live_errors = house.engine.runtimes["Overheats"].errors_total
+    assert sum("Overheats.action failed" in r.getMessage() for r in caplog.records if r.levelname == "ERROR") == 2
 
+    caplog.clear()
     result = await preview(RuleSource(Overheats, None, 1), things=[], history=history, start=START - timedelta(minutes=1),
                            end=START + timedelta(hours=5), place=Place(timezone="UTC"))
     trigger = 'temperature_celsius{room=~"lounge|hall"} > 25 for 10m'
@@ -138,6 +141,8 @@ async def test_an_action_that_raises_is_a_failure_of_the_timeline_as_the_live_ru
                                            "op": ">", "limit": 25.0}]
     assert result.as_json()["failures"][0] == {"at": "2024-06-07T10:30:00.000+00:00", "trigger": trigger,
                                                "error": result.failures[0].error, "disabled": False}
+    # The hub's log is for live rules: an operator must not read a preview's failure as the rule failing.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_roost_rules_preview_prints_the_timeline_from_the_store(tmp_path):

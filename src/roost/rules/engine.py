@@ -476,15 +476,19 @@ class RuleRuntime:
         limit = self.engine.max_failures
         line = error_line(err, self.source.path, self.source.line)
         where = f"{self.source.where.rsplit(':', 1)[0]}:{line}" if self.source.path else self.source.where
-        log.error(
-            "%s: %s.%s failed (%d in a row; disabled after %d): %s: %s",
-            where, self.name, what, self.failures, limit, type(err).__name__, err,
-            exc_info=(type(err), err, err.__traceback__),
-        )
-        if self.engine.failure_tracer is not None:
-            self.engine.failure_tracer(self, f"{self.name}.{what} failed: {type(err).__name__}: {err}", self.failures >= limit)
+        tracer = self.engine.failure_tracer
+        if tracer is not None:  # a preview: its answer carries the failure, the hub's log is for live rules
+            log.debug("%s: preview of %s: %s.%s failed: %s: %s", where, self.name, self.name, what, type(err).__name__, err)
+            tracer(self, f"{self.name}.{what} failed: {type(err).__name__}: {err}", self.failures >= limit)
+        else:
+            log.error(
+                "%s: %s.%s failed (%d in a row; disabled after %d): %s: %s",
+                where, self.name, what, self.failures, limit, type(err).__name__, err,
+                exc_info=(type(err), err, err.__traceback__),
+            )
         if self.failures >= limit:
-            log.error("%s: rule %s disabled after %d failures in a row; enable it again once fixed", where, self.name, limit)
+            if tracer is None:
+                log.error("%s: rule %s disabled after %d failures in a row; enable it again once fixed", where, self.name, limit)
             self.enabled = False
             self.engine.spawn(self.engine.disarm(self, undo=True), f"rule-{self.name}-disable")
             self.engine.report_enabled(self)

@@ -167,9 +167,9 @@ async def test_a_query_runs_in_its_own_thread_while_the_event_loop_serves_others
     handed_over = asyncio.Event()
     take_view = hub.store.read_view
 
-    def read_view():
+    def read_view(selectors=None):
         handed_over.set()  # the handler is about to give the query to the query thread
-        return take_view()
+        return take_view(selectors)
 
     monkeypatch.setattr(hub.store, "read_view", read_view)
     held, release = threading.Event(), threading.Event()
@@ -206,8 +206,8 @@ async def test_a_query_reading_a_few_day_chunks_is_answered_on_the_event_loop_an
     take_view = hub.store.read_view
     threads: list[str] = []
 
-    def read_view():
-        view = take_view()
+    def read_view(selectors=None):
+        view = take_view(selectors)
         run = view.run
 
         def recording_run(fn, **kw):

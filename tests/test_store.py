@@ -303,6 +303,13 @@ def test_selectors_match_the_series_a_view_was_taken_with_and_new_series_in_late
     assert [s for _sid, s in store.series(Selector.parse('temperature_celsius{room=~"lounge|bedroom"}'))] == [LOUNGE, BEDROOM]
     assert store.series(Selector.parse("pressure_hpa")) == []
     assert [s for _sid, s in store.series()] == [LOUNGE, power, BEDROOM]
+    # A view for a query's selectors copies only their series' head samples, and reads nothing else.
+    view = store.read_view([ALL_TEMPS])
+    assert sorted(view._heads) == [1, 3]
+    found = view.run(lambda v: [(d.series, d.values.tolist()) for d in v.read(ALL_TEMPS, T0, T0 + 1)])
+    assert found == [(LOUNGE, [1.0]), (BEDROOM, [3.0])]
+    with pytest.raises(StoreError, match="other selectors"):
+        view.run(lambda v: list(v.read(lounge, T0, T0 + 1)))
 
 
 def test_reads_in_a_query_thread_stay_right_while_garbage_collection_rewrites_and_deletes_data_files(tmp_path, monkeypatch):

@@ -206,7 +206,7 @@ class _PrometheusApi:
     async def _answer(self, node: promql.ast.Node, start: int, end: int, answer: Callable[[ReadView], bytes]) -> bytes:
         """`answer(view)` on a view of the store taken here on the event loop: right here when the query reads
         little (`INLINE_SERIES_DAYS`) and no other query is reading, else in the query thread."""
-        view = self.hub.store.read_view()
+        view = self.hub.store.read_view(vs.selector for vs, _back_ms in promql.selections(node))
         if _series_days(view, node, start, end) <= INLINE_SERIES_DAYS:
             try:
                 return view.run(answer, wait=False)

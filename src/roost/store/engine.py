@@ -1064,18 +1064,31 @@ class Store:
 
     # ----------------------------------------------------------------- reads in a worker thread (PromQL)
 
-    def read_view(self) -> ReadView:
-        """The series and head as of now, for reads in a worker thread; call it where writes happen (the event loop)."""
+    def read_view(self, selectors: Iterable[Selector] | None = None) -> ReadView:
+        """The series and head as of now, for reads in a worker thread; call it where writes happen (the event loop).
+
+        With `selectors` (a query's), the view reads only what those select, and copies the head samples of their
+        series only: in a hub, copying every series' head is most of what a view costs (100 series with 5 minutes
+        of head: ~120 µs).
+        """
         self._load_series()
+        index = self._index
+        if selectors is not None:
+            selectors = frozenset(selectors)
         if self.writer:
             heads: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+            sids = None if selectors is None else {sid for sel in selectors for sid, _s in index.match(sel)}
             for source in (self._frozen, self._head):
-                for sid, hs in source.items():
+                if sids is None:
+                    wanted = source.items()
+                else:
+                    wanted = [(sid, source[sid]) for sid in sids if sid in source]
+                for sid, hs in wanted:
                     heads[sid].append(self._head_arrays(hs))  # copies: the head keeps growing meanwhile
         else:
             heads, _conn = self._reader_head()
             self._end_read()
-        return ReadView(self, self._index, heads)
+        return ReadView(self, index, heads, selectors)
 
     def _view_connection(self) -> sqlite3.Connection:
         if self._view_conn is None:
@@ -1365,10 +1378,14 @@ class ReadView:
     snapshot per `run`, on a connection of the view's own, one view at a time.
     """
 
-    def __init__(self, store: Store, index: _SeriesIndex, heads: dict[int, list[tuple[np.ndarray, np.ndarray]]]):
+    def __init__(
+        self, store: Store, index: _SeriesIndex, heads: dict[int, list[tuple[np.ndarray, np.ndarray]]],
+        selectors: frozenset[Selector] | None = None,
+    ):
         self._store = store
         self._index = index
         self._heads = heads
+        self._selectors = selectors  # what it may read (None: anything)
         self._conn: sqlite3.Connection | None = None
         self._stored: list[tuple[int, int]] = []
 
@@ -1406,6 +1423,8 @@ class ReadView:
     def _matching(self, selector: Selector) -> Iterator[tuple[int, Series, list[tuple[np.ndarray, np.ndarray]]]]:
         if self._conn is None:
             raise StoreError("ReadView reads only inside run()")
+        if self._selectors is not None and selector not in self._selectors:
+            raise StoreError(f"this view was taken for other selectors than {selector.text}: it has not its head samples")
         for sid, series in self._matches(selector):
             yield sid, series, [(t, v) for t, v in self._heads.get(sid, ()) if len(t)]
 

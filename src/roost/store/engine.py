@@ -147,6 +147,9 @@ class _HeadSeries:
         self.values.append(value)
 
 
+_MATCHED_SELECTORS = 1024  # selectors whose matches a series index keeps (dashboards repeat a few dozen)
+
+
 class _SeriesIndex:
     """The store's series at one moment, sorted by id and by metric name, with the selectors matched so far.
 
@@ -169,7 +172,10 @@ class _SeriesIndex:
         if found is None:
             name = next((m.value for m in selector.matchers if m.name == "__name__" and m.op == "="), None)
             pool = self.all if name is None else self.by_metric.get(name, ())
-            found = self.matched[selector] = [(sid, s) for sid, s in pool if selector.matches(s)]
+            found = [(sid, s) for sid, s in pool if selector.matches(s)]
+            if len(self.matched) >= _MATCHED_SELECTORS:  # selectors made up on the fly must not pile up
+                self.matched.clear()
+            self.matched[selector] = found
         return found
 
 

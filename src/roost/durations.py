@@ -1,5 +1,6 @@
 """Durations as people write them in configs and on the command line: 500ms, 15s, 5m, 1h, 1d, 2w, 1y."""
 
+import math
 import re
 from typing import NewType
 
@@ -19,8 +20,8 @@ def parse_duration_ms(text: str) -> int:
             break
         total += float(m.group(1)) * _UNITS_MS[m.group(2)]
         pos = m.end()
-    if not s or pos != len(s):
-        raise ValueError(f'expected a duration like "500ms", "15s", "5m", "1h" or "1d", got {text!r}')
+    if not s or pos != len(s) or not math.isfinite(total):
+        raise ValueError(f'expected a duration like "500ms", "15s", "5m", "1h" or "1d", got {text!r:.100}')
     return int(round(total))
 
 
@@ -49,13 +50,15 @@ def parse_time_ms(text: str, now_ms: int) -> int:
     except ValueError:
         pass
     else:
+        if not math.isfinite(number):
+            raise ValueError(f"expected a time, got {text!r:.100} (not a finite number)")
         # Ten-digit numbers are seconds (Prometheus and Grafana send those), longer ones milliseconds.
         return int(number * 1000) if abs(number) < 1e11 else int(number)
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(
-            f"expected a time like 1700000000000 (ms), 2024-01-01T00:00:00Z, now or now-7d, got {text!r}"
+            f"expected a time like 1700000000000 (ms), 2024-01-01T00:00:00Z, now or now-7d, got {text!r:.100}"
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)

@@ -300,13 +300,20 @@ def _number(value: object) -> float | None:
     return None
 
 
+def _excerpt(value: object, limit: int = 100) -> str:
+    """`value` as shown in a problem's message: its repr, cut to `limit` characters (a payload of unprintable
+    bytes is four times as long escaped)."""
+    text = repr(value[: limit + 1] if isinstance(value, bytes | str) else value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _json_object(topic: str, payload: bytes) -> tuple[dict | None, Problem | None]:
     try:
         obj = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: [[[[… nested past the stack
-        return None, Problem("invalid_json", topic, f"{topic}: payload is not JSON ({err}): {payload[:80]!r}")
+        return None, Problem("invalid_json", topic, f"{topic}: payload is not JSON ({err}): {_excerpt(payload)}")
     if not isinstance(obj, dict):
-        return None, Problem("invalid_payload", topic, f"{topic}: expected a JSON object, got {payload[:80]!r}")
+        return None, Problem("invalid_payload", topic, f"{topic}: expected a JSON object, got {_excerpt(payload)}")
     return obj, None
 
 
@@ -366,7 +373,7 @@ class _Zigbee2Mqtt:
         if text not in (b"online", b"offline"):
             if not payload:
                 return None  # a cleared retained message: the device was removed
-            return Problem("invalid_availability", topic, f'{topic}: expected "online" or "offline", got {payload[:80]!r}')
+            return Problem("invalid_availability", topic, f'{topic}: expected "online" or "offline", got {_excerpt(payload)}')
         out.append(Reading(self.series(device, "up"), ts_ms, 1.0 if text == b"online" else 0.0))
         return None
 
@@ -445,7 +452,7 @@ class _ValueTopics:
         except ValueError:
             word = _PLAIN_WORDS.get(payload.strip().lower())
             if word is None:
-                return Problem("non_numeric", str(series), f"{topic}: value {payload[:80]!r} is not a number")
+                return Problem("non_numeric", str(series), f"{topic}: value {_excerpt(payload)} is not a number")
             value = word
         if not math.isfinite(value):
             return _finite(value, series)
@@ -486,7 +493,7 @@ class _JsonFields:
                     raise ValueError("missing")
                 ts_ms = parse_time_ms(str(ts), ts_ms)
             except ValueError:
-                return Problem("invalid_timestamp", topic, f"{topic}: no usable timestamp at {_path_text(self.timestamp)} (got {ts!r})")
+                return Problem("invalid_timestamp", topic, f"{topic}: no usable timestamp at {_path_text(self.timestamp)} (got {_excerpt(ts)})")
         problems: list[Problem] = []
         found = 0
         for path, series in fields:
@@ -499,7 +506,7 @@ class _JsonFields:
                 try:
                     number = float(value)  # numbers sent as strings ("21.5")
                 except (TypeError, ValueError):
-                    problems.append(Problem("non_numeric", str(series), f"{topic}: {series}: value {value!r} is not a number"))
+                    problems.append(Problem("non_numeric", str(series), f"{topic}: {series}: value {_excerpt(value)} is not a number"))
                     continue
             if math.isfinite(number):
                 out.append(Reading(series, ts_ms, number))
@@ -507,7 +514,7 @@ class _JsonFields:
                 problems.append(_finite(number, series))
         if not found:
             paths = ", ".join(_path_text(p) for p, _s in fields)
-            problems.append(Problem("no_mapped_fields", topic, f"{topic}: none of the fields {paths} is in {payload[:80]!r}"))
+            problems.append(Problem("no_mapped_fields", topic, f"{topic}: none of the fields {paths} is in {_excerpt(payload)}"))
         return problems
 
 

@@ -99,6 +99,12 @@ def _parse(text: str) -> Node:
         expr = promql_parser.parse(text)
     except (ValueError, RuntimeError) as exc:
         raise BadData(f"invalid parameter \"query\": {exc}") from None
+    except BaseException as exc:
+        # The parser (Rust) panics on some input, e.g. a range of 10^38 seconds; pyo3's PanicException derives
+        # from BaseException, so it would pass every handler and drop the client's connection.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise BadData(f"invalid parameter \"query\": cannot parse it, a duration or number may be out of range ({exc})") from None
     return _convert(expr, top=True)
 
 

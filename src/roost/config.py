@@ -40,6 +40,7 @@ from roost.durations import Duration, format_duration_ms, parse_duration_ms
 from roost.export.settings import ExportSettings
 from roost.rules.settings import RulesSettings
 from roost.secret import Secret
+from roost.selector import parse_expr
 from roost.sources import SourceSettings
 from roost.things.client import ThingsSettings
 from roost.errors import ConfigError
@@ -90,8 +91,8 @@ class HubSettings:
 def _check_selector(text: str) -> None:
     example = 'a series selector like power_watts{meter="m1"}'
     try:
-        expr = promql_parser.parse(text)
-    except ValueError as e:
+        expr = parse_expr(text)
+    except (ValueError, RuntimeError) as e:
         raise ValueError(f"expected {example}, got {_show(text)} ({e})") from None
     if not isinstance(expr, promql_parser.VectorSelector) or expr.offset or expr.at:
         raise ValueError(f"expected {example}, got {_show(text)} (no functions, operators, ranges, offsets or @)")

@@ -14,6 +14,22 @@ from roost.model import Series
 _OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
 
 
+def parse_expr(text: str):
+    """`promql_parser.parse(text)`; raises ValueError or RuntimeError with the parser's message.
+
+    The parser (Rust) panics on some input, e.g. a range of 10^38 seconds; pyo3's PanicException derives from
+    BaseException, so it would pass every handler (an HTTP request's connection was dropped): it is a ValueError here.
+    """
+    try:
+        return promql_parser.parse(text)
+    except (ValueError, RuntimeError):
+        raise
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ValueError(f"cannot parse it, a duration or number may be out of range ({exc})") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Matcher:
     name: str  # "__name__" for the metric name
@@ -39,7 +55,7 @@ class Selector:
     @classmethod
     def parse(cls, text: str) -> Selector:
         try:
-            expr = promql_parser.parse(text)
+            expr = parse_expr(text)
         except Exception as exc:  # the parser raises plain ValueError/RuntimeError with its own message
             raise QueryError(f"cannot parse selector {text!r}: {exc}") from None
         if not isinstance(expr, promql_parser.VectorSelector) or expr.offset is not None or expr.at is not None:

@@ -12,7 +12,7 @@ from functools import lru_cache
 import promql_parser
 
 from roost.promql.errors import BadData
-from roost.selector import Selector, matchers_of
+from roost.selector import Selector, matchers_of, parse_expr
 
 RANGE_FUNCTIONS = (
     "rate", "irate", "increase", "delta",
@@ -96,15 +96,9 @@ def _parse(text: str) -> Node:
     if not text.strip():
         raise BadData("empty query: give a PromQL expression such as temperature_celsius")
     try:
-        expr = promql_parser.parse(text)
+        expr = parse_expr(text)
     except (ValueError, RuntimeError) as exc:
         raise BadData(f"invalid parameter \"query\": {exc}") from None
-    except BaseException as exc:
-        # The parser (Rust) panics on some input, e.g. a range of 10^38 seconds; pyo3's PanicException derives
-        # from BaseException, so it would pass every handler and drop the client's connection.
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise BadData(f"invalid parameter \"query\": cannot parse it, a duration or number may be out of range ({exc})") from None
     return _convert(expr, top=True)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from peers import Prometheus, need
-from roost.api.prometheus import _range_body, format_value, format_values
+from roost.api.prometheus import _instant_body, _range_body, format_value, format_values
 from roost.export import encode_write_request
 from roost.model import Reading, Series, now_ms
 from roost.promql import Vector
@@ -67,6 +67,18 @@ def test_range_answers_have_every_present_point_with_its_value_written_as_promet
             for i in range(k) if present[i].any()
         ]
         assert body == {"status": "success", "data": {"resultType": "matrix", "result": expected}}
+
+
+def test_range_answers_write_whole_second_steps_as_integers_as_prometheus_does():
+    values, present = np.array([[21.5, 22.0, 22.25]]), np.ones((1, 3), bool)
+    labels = [(("room", "lounge"),)]
+    body = _range_body(Vector(labels, values, present), 1_702_591_800_000, 1_702_593_000_000, 600_000)
+    assert b'"values":[[1702591800,"21.5"],[1702592400,"22"],[1702593000,"22.25"]]' in body
+    body = _range_body(Vector(labels, values, present), 1_702_591_800_500, 1_702_593_000_500, 600_000)
+    assert b'"values":[[1702591800.5,"21.5"],[1702592400.5,"22"],[1702593000.5,"22.25"]]' in body
+    one = Vector(labels, np.array([[21.5]]), np.ones((1, 1), bool))
+    assert b'"value":[1702591800,"21.5"]' in _instant_body(one, 1_702_591_800_000)
+    assert b'"value":[1702591800.25,"21.5"]' in _instant_body(one, 1_702_591_800_250)
 
 
 def _promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -1,14 +1,15 @@
 """roost's Prometheus API beside VictoriaMetrics' on the same data, and remote-write throughput into VictoriaMetrics.
 
-    .venv/bin/python bench/interop.py [--series 100] [--days 30] [--runs 5]
+    .venv/bin/python bench/interop.py [--series 100] [--days 30] [--runs 15]
 
 Loads `workload.generate` (the reference house: 15 s samples) into a roost store (write_bulk) and into
 VictoriaMetrics (CSV import), starts `roost run` and `victoria-metrics -search.disableCache` on free 127.0.0.1
 ports, and times five dashboard queries through `/api/v1/query_range` over the last 7 and 30 days, on one
 keep-alive connection per server as Grafana keeps them (median of --runs after one warm-up, whose time is
-printed too; the answers are checked to have the same series). Each
-range is asked twice: with start and end rounded down to a multiple of the step, as Grafana's Prometheus data
-source sends them, and 200 s off that grid (a hand-made query). Then it streams the 7 newest days of every
+printed too; the two servers are asked in turns, who goes first swapping each turn, so a spike of the machine's
+load lands on both; the answers are checked to have the same series). Each range is asked twice: with start
+and end rounded down to a multiple of the step, as Grafana's Prometheus data source sends them, and 200 s off
+that grid (a hand-made query). Then it streams the 7 newest days of every
 series through roost's export path (disk buffer → WriteRequest → snappy → HTTP) into a fresh VictoriaMetrics
 and prints samples per second.
 """
@@ -111,10 +112,17 @@ def time_queries(roost_url: str, vm_url: str, days_loaded: int, runs: int) -> li
             start = end - days * 86_400
             for query, _what in QUERIES:
                 timings = {}
-                for peer, url in (("roost", roost_url), ("vm", vm_url)):
+                peers = [("roost", roost_url), ("vm", vm_url)]
+                for peer, url in peers:
                     timings[peer + "_first"], result = query_range(url, query, start, end, step)  # warm-up
-                    timings[peer] = statistics.median(query_range(url, query, start, end, step)[0] for _ in range(runs))
                     timings[peer + "_series"] = len(result)
+                # Interleaved, in turns that swap who goes first: a spike of the machine's load lands on both.
+                samples: dict[str, list[float]] = {"roost": [], "vm": []}
+                for i in range(runs):
+                    for peer, url in peers if i % 2 == 0 else peers[::-1]:
+                        samples[peer].append(query_range(url, query, start, end, step)[0])
+                for peer, times in samples.items():
+                    timings[peer] = statistics.median(times)
                 assert timings["roost_series"] == timings["vm_series"], (query, timings)
                 rows.append((name, grid, query, timings["roost_first"], timings["roost"], timings["vm_first"], timings["vm"]))
     return rows
@@ -141,7 +149,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--series", type=int, default=100)
     ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=15, help="timed requests per query and server (15)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="roost-interop-") as tmp:
         work = Path(tmp)

@@ -94,7 +94,11 @@ def _check_selector(text: str) -> None:
         expr = parse_expr(text)
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"expected {example}, got {_show(text)} ({e})") from None
-    if not isinstance(expr, promql_parser.VectorSelector) or expr.offset or expr.at:
+    try:
+        plain = isinstance(expr, promql_parser.VectorSelector) and not (expr.offset or expr.at)
+    except OverflowError:  # an offset beyond Python's timedelta
+        plain = False
+    if not plain:
         raise ValueError(f"expected {example}, got {_show(text)} (no functions, operators, ranges, offsets or @)")
 
 

@@ -18,16 +18,27 @@ def parse_expr(text: str):
     """`promql_parser.parse(text)`; raises ValueError or RuntimeError with the parser's message.
 
     The parser (Rust) panics on some input, e.g. a range of 10^38 seconds; pyo3's PanicException derives from
-    BaseException, so it would pass every handler (an HTTP request's connection was dropped): it is a ValueError here.
+    BaseException, so it would pass every handler (an HTTP request's connection was dropped): it is a ValueError here,
+    as is an OverflowError for a duration beyond Python's timedelta. Such a duration can also be read lazily, as an
+    attribute of the tree (`x offset 5e15`): an OverflowError then, which callers turn into their own error.
     """
     try:
         return promql_parser.parse(text)
     except (ValueError, RuntimeError):
         raise
+    except OverflowError as exc:  # a duration beyond what Python's timedelta holds
+        raise ValueError(f"a duration is out of range ({exc})") from None
     except BaseException as exc:
         if type(exc).__name__ != "PanicException":
             raise
         raise ValueError(f"cannot parse it, a duration or number may be out of range ({exc})") from None
+
+
+def _has_offset_or_at(expr) -> bool:
+    try:
+        return expr.offset is not None or expr.at is not None
+    except OverflowError:  # an offset beyond Python's timedelta
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +69,7 @@ class Selector:
             expr = parse_expr(text)
         except Exception as exc:  # the parser raises plain ValueError/RuntimeError with its own message
             raise QueryError(f"cannot parse selector {text!r}: {exc}") from None
-        if not isinstance(expr, promql_parser.VectorSelector) or expr.offset is not None or expr.at is not None:
+        if not isinstance(expr, promql_parser.VectorSelector) or _has_offset_or_at(expr):
             raise QueryError(f"{text!r} is not a plain series selector such as temperature_celsius{{room=\"lounge\"}}")
         try:
             matchers = matchers_of(expr)

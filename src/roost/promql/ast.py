@@ -99,7 +99,10 @@ def _parse(text: str) -> Node:
         expr = parse_expr(text)
     except (ValueError, RuntimeError) as exc:
         raise BadData(f"invalid parameter \"query\": {exc}") from None
-    return _convert(expr, top=True)
+    try:
+        return _convert(expr, top=True)
+    except OverflowError as exc:  # a range, offset or step beyond Python's timedelta, read from the tree: x[5e15]
+        raise BadData(f"invalid parameter \"query\": a duration is out of range ({exc})") from None
 
 
 def _ms(delta) -> int:

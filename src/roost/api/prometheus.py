@@ -400,9 +400,9 @@ def _step_heads(start: int, end: int, step: int) -> tuple[bytes, ...]:
 def _points(heads: Sequence[bytes], values: np.ndarray) -> bytes:
     """`[[t, "v"], ...]` as Prometheus writes a series' points, from the steps' heads (`_step_heads`) and the values.
 
-    orjson writes the values in one call on the array; a trailing `.0` is cut as Go does, and the pieces are
-    interleaved with the heads by list slicing and joined once. A series with values that Go writes differently
-    from orjson beyond the `.0` (NaN, infinities, exponents) takes `format_values`.
+    orjson writes the values in one call on the array; the trailing `.0` of whole numbers is cut as Go does, and
+    the pieces are interleaved with the heads by list slicing and joined once. A series with values that Go writes
+    differently from orjson beyond the `.0` (NaN, infinities, exponents) takes `format_values`.
     """
     magnitude = np.abs(values)
     with np.errstate(invalid="ignore"):
@@ -410,7 +410,10 @@ def _points(heads: Sequence[bytes], values: np.ndarray) -> bytes:
     if special.any():
         texts = [t.encode() for t in format_values(values)]
     else:
-        texts = (orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1] + b",").replace(b".0,", b",").split(b",")
+        written = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1] + b","
+        if (values == np.trunc(values)).any():  # only whole numbers end in ".0" (a search of the text costs more)
+            written = written.replace(b".0,", b",")
+        texts = written.split(b",")
         del texts[-1]
     n = len(values)
     out = [_CLOSE] * (2 * n + 1)

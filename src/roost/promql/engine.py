@@ -564,8 +564,15 @@ class _Buckets:
         return idx, idx - idx % self.n
 
     @cached_property
+    def full(self) -> bool:
+        """No bucket is empty: each is its own newest and oldest non-empty bucket (`prev`, `next`)."""
+        return bool(self.count.all())
+
+    @cached_property
     def prev(self) -> np.ndarray:
         """The newest non-empty bucket <= j of the same series, or -1 (only some functions need it)."""
+        if self.full:
+            return np.arange(len(self.count))
         idx, start = self._flat
         newest = np.maximum.accumulate(np.where(self.count > 0, idx, start - 1))
         return np.where(newest >= start, newest, -1)
@@ -573,6 +580,8 @@ class _Buckets:
     @cached_property
     def next(self) -> np.ndarray:
         """The oldest non-empty bucket >= j of the same series, or its series' end."""
+        if self.full:
+            return np.arange(len(self.count))
         idx, start = self._flat
         oldest = np.minimum.accumulate(np.where(self.count > 0, idx, start + self.n)[::-1])[::-1]
         return np.minimum(oldest, start + self.n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 import re
 import struct
@@ -300,6 +301,39 @@ def test_random_modbus_answers_never_crash_the_source(body, header, tmp_path):
             assert all(math.isfinite(r.value) for r in run.readings)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("answer, outcome", corpus_lines("modbus/rtu_answers.txt"), ids=lambda x: x[:24])
+async def test_every_broken_rtu_answer_is_a_bad_frame_with_its_reason(answer, outcome):
+    """A real pty: the link's end is opened by pyserial, the other end answers each request with the corpus frame."""
+    from pymodbus.framer import FramerRTU
+    from pymodbus.pdu.register_message import ReadInputRegistersRequest
+
+    from roost.sources.modbus import BadFrame, NoResponse
+    from roost.sources.serial_link import SerialRtuLink
+
+    frame = bytes.fromhex(answer.replace("CCCC", ""))
+    if answer.endswith("CCCC"):
+        frame += FramerRTU.compute_CRC(frame).to_bytes(2, "big")
+    master, slave = os.openpty()
+    link = SerialRtuLink(os.ttyname(slave), baudrate=9600, bytesize=8, parity="none", stopbits=1, timeout_s=0.2)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(master, lambda: os.read(master, 256) and os.write(master, frame))  # one request, one answer
+    try:
+        await link.connect()
+        try:
+            response = await link.execute(ReadInputRegistersRequest(address=0, count=2, dev_id=1))
+        except (BadFrame, NoResponse) as err:
+            assert getattr(err, "reason", "no_response") == outcome, err
+            assert outcome == "no_response" or str(err)
+        else:
+            assert outcome == ("exception" if response.isError() else "ok"), response
+            assert outcome == "exception" or response.registers == [0x4148, 0]
+    finally:
+        loop.remove_reader(master)
+        await link.close()
+        os.close(master)
+        os.close(slave)
 
 
 # ---------------------------------------------------------------- PromQL

@@ -126,7 +126,11 @@ class SerialRtuLink:
             if answer_class is None:
                 self._discard_input(port)
                 raise BadFrame("bad_frame", f"an answer starting {head.hex(' ')} is not Modbus RTU (wrong baud rate?)")
-            size = answer_class.calculateRtuFrameSize(head)
+            try:
+                size = answer_class.calculateRtuFrameSize(head)
+            except IndexError:  # a function whose size is further in (0x18, read FIFO): roost never asks for one
+                self._discard_input(port)
+                raise BadFrame("bad_frame", f"an answer starting {head.hex(' ')} is not one roost asked for") from None
             data = head + port.read(size - 3)
         except serial.SerialException as err:
             raise LinkLost(f"the port failed ({err})") from None

@@ -181,3 +181,26 @@ async def test_a_full_disk_fails_writes_loudly_keeps_reads_and_loses_nothing_ack
             assert await hub.compact() >= 1
             [got] = list(hub.store.read(Selector.parse("temp"), t, t + 10_000))
             assert got.values.tolist() == [1.0] + [3.0] * 1000 + [4.0]  # the 2s were refused (507), never acknowledged
+
+
+async def test_compactions_run_on_one_thread_of_their_own_and_give_freed_memory_back(hub, monkeypatch):
+    # glibc keeps a malloc arena's high-water mark for every thread that used it; compaction's temporaries grow
+    # through the day with the open chunks, so spread over the shared worker pool they made every pool thread
+    # hold its own share (the slow RSS climb of bench/soak.py).
+    import roost.hub as hub_module
+
+    threads, trims = set(), []
+    compact_frozen = hub.store.compact_frozen
+
+    def spy(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return compact_frozen(*args, **kwargs)
+
+    monkeypatch.setattr(hub.store, "compact_frozen", spy)
+    monkeypatch.setattr(hub_module, "_give_back_free_memory", lambda: trims.append(threading.current_thread().name))
+    for i in range(6):
+        await hub.ingest([Reading(Series.of("temp", room="a"), now_ms() - 60_000 + i, float(i))])
+        assert await hub.compact() == 1
+        await asyncio.gather(*(asyncio.to_thread(time.sleep, 0.01) for _ in range(4)))  # the shared pool in use
+    assert len(threads) == 1 and next(iter(threads)).startswith("roost-compaction")
+    assert trims == [next(iter(threads))] * 6

@@ -134,15 +134,22 @@ class Load:
     def _mqtt(self) -> None:
         """Publish the sensors' readings at QoS 1, counting what the broker acknowledged.
 
-        paho can stop sending for good after a reconnect when its in-flight window was full as the connection
-        dropped (eclipse-paho/paho.mqtt.python#24 and kin): messages are accepted and queued, nothing goes
-        out. So a client that has had no acknowledgement for `MQTT_STALL_S` while messages wait is replaced by
-        a fresh one; what the old one never got acknowledged stays unacknowledged (the soak only requires
-        acknowledged readings to be stored), and the replacement is counted.
+        paho calls `on_publish` holding its own lock, which `publish` takes too: so `publish` is called without
+        this function's lock (held the other way round, the two threads deadlocked within minutes, and the
+        soak's MQTT load stopped), and an acknowledgement that arrives before its message is noted waits in
+        `early`. Also, paho can stop sending for good after a reconnect when its in-flight window was full as
+        the connection dropped (eclipse-paho/paho.mqtt.python#24): a client that has had no acknowledgement for
+        `MQTT_STALL_S` while messages wait is replaced by a fresh one; what the old one never got acknowledged
+        stays unacknowledged (the soak only requires acknowledged readings to be stored).
         """
         lock = threading.Lock()
         pending: dict[int, int] = {}  # mid -> message sequence number, for the current client
+        early: set[int] = set()  # mids acknowledged before the publisher noted them
         last_ack = [time.monotonic()]
+
+        def acked(sequence: int) -> None:  # with the lock held
+            self.mqtt_acked += 3
+            self.mqtt_acked_sequence[sequence] = time.monotonic()
 
         def connect(generation: int) -> paho.Client:
             client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"soak-sensors-{generation}",
@@ -156,9 +163,10 @@ class Load:
                         return
                     last_ack[0] = time.monotonic()
                     sequence = pending.pop(mid, None)
-                    if sequence is not None:
-                        self.mqtt_acked += 3
-                        self.mqtt_acked_sequence[sequence] = time.monotonic()
+                    if sequence is None:
+                        early.add(mid)
+                    else:
+                        acked(sequence)
 
             client.on_publish = on_publish
             client.connect_async("127.0.0.1", self.broker_port, keepalive=10)
@@ -181,6 +189,7 @@ class Load:
                     old = current[0]
                     self.mqtt_unacked += 3 * len(pending)
                     pending.clear()
+                    early.clear()
                     self.mqtt_client_replaced += 1
                     last_ack[0] = time.monotonic()
             if stalled:
@@ -189,12 +198,18 @@ class Load:
                 client = connect(self.mqtt_client_replaced)
                 with lock:
                     current[0] = client
+            client = current[0]
+            info = client.publish(f"zigbee2mqtt/soak_sensor_{sensor:02d}", json.dumps(payload), qos=1)
             with lock:
-                info = current[0].publish(f"zigbee2mqtt/soak_sensor_{sensor:02d}", json.dumps(payload), qos=1)
-                if not pending:
-                    last_ack[0] = time.monotonic()  # the stall clock runs from the oldest wait
-                pending[info.mid] = k
                 self.mqtt_published += 3
+                if client is current[0]:
+                    if info.mid in early:
+                        early.discard(info.mid)
+                        acked(k)
+                    else:
+                        if not pending:
+                            last_ack[0] = time.monotonic()  # the stall clock runs from the oldest wait
+                        pending[info.mid] = k
             k += 1
             next_at += period
             self.stop.wait(max(0.0, next_at - time.monotonic()))

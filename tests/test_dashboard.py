@@ -495,16 +495,28 @@ def demo_with_rules(tmp_path_factory):
     (root / "rules").mkdir()
     shutil.copy(ROOT / "src/roost/demo/rules/bonded.py", root / "rules")
     (root / "roost.toml").write_text(RULES_CONFIG)
-    hub = HubProcess(root / "data", "-c", str(root / "roost.toml"), "--backfill", "1h", command="demo")
+
+    def missing(log: str) -> None:
+        pytest.skip(f"the hub serves no rule things (is the rules engine there yet?): {log}")
+
+    yield from _rules_demo(
+        root, "1h", 20, missing,
+        lambda things: any("Rule" in t["@type"] for t in things) and any(t["href"] == "/things/lounge-lamp" for t in things),
+    )
+
+
+def _rules_demo(root: Path, backfill: str, timeout: float, missing, ready):
+    """`roost demo` on root's roost.toml and rules/, yielded once `ready(things)`; else `missing(the log's tail)`."""
+    hub = HubProcess(root / "data", "-c", str(root / "roost.toml"), "--backfill", backfill, command="demo")
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status, things = _api(hub, "/things")
-            if any("Rule" in t["@type"] for t in things) and any(t["href"] == "/things/lounge-lamp" for t in things):
+            _status, things = _api(hub, "/things")
+            if ready(things):
                 break
             time.sleep(0.2)
         else:
-            pytest.skip(f"the hub serves no rule things (is the rules engine there yet?): {Path(hub.log.name).read_text()[-2000:]}")
+            missing(Path(hub.log.name).read_text()[-2000:])
         yield hub
     finally:
         hub.kill(15)
@@ -632,19 +644,14 @@ def previewed_hub(tmp_path_factory):
     for name, source in PREVIEW_RULES.items():
         (root / "rules" / name).write_text(source)
     (root / "roost.toml").write_text(RULES_CONFIG)
-    hub = HubProcess(root / "data", "-c", str(root / "roost.toml"), "--backfill", "2d", command="demo")
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            status, things = _api(hub, "/things")
-            if {"/things/rule-WarmLounge", "/things/rule-ColdEntry"} <= {t["href"] for t in things}:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"the hub serves no rule things: {Path(hub.log.name).read_text()[-2000:]}")
-        yield hub
-    finally:
-        hub.kill(15)
+
+    def missing(log: str) -> None:
+        raise AssertionError(f"the hub serves no rule things: {log}")
+
+    yield from _rules_demo(
+        root, "2d", 30, missing,
+        lambda things: {"/things/rule-WarmLounge", "/things/rule-ColdEntry"} <= {t["href"] for t in things},
+    )
 
 
 def _preview_rows(p) -> list[dict]:

@@ -155,7 +155,7 @@ def test_unknown_key_suggests_the_closest_known_key(in_tmp):
 
 def test_unknown_key_without_a_close_match_lists_the_known_keys(in_tmp):
     assert problems(write('[hub]\ncolour = "red"\n')) == [
-        "roost.toml:2: hub.colour: unknown key (known keys: data, listen, log_level, site, tls_cert_file, tls_key_file)"
+        "roost.toml:2: hub.colour: unknown key (known keys: data, listen, log_level, site, tls_cert_file, tls_key_file, query_cache_mb)"
     ]
 
 
@@ -273,7 +273,7 @@ def test_every_problem_is_reported_at_once_in_file_order(in_tmp):
         'roost.toml:2: store.fsync: expected true or false, got "no"',
         'roost.toml:5: hub.log_level: expected one of "debug", "info", "warning", "error", got "loud"',
         'roost.toml:6: hub.listen: expected host:port like "127.0.0.1:8080" (port 0-65535), got "nowhere"',
-        "roost.toml:7: hub.extra: unknown key (known keys: data, listen, log_level, site, tls_cert_file, tls_key_file)",
+        "roost.toml:7: hub.extra: unknown key (known keys: data, listen, log_level, site, tls_cert_file, tls_key_file, query_cache_mb)",
         "roost.toml:9: store.retention[0].match: missing required key",
         'roost.toml:10: store.retention[0].keep: expected a duration like "15s" or "500ms", got "1x"',
     ]

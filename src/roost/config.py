@@ -73,6 +73,7 @@ class HubSettings:
     site: str = ""
     tls_cert_file: Path | None = None  # PEM certificate (chain): serve https:// (docs/security.md)
     tls_key_file: Path | None = None  # its PEM private key
+    query_cache_mb: int = field(default=16, metadata={"min": 0})  # range-query answers kept for repeats; 0: none
 
     def _validate(self) -> list[str]:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 from aiohttp import web
-from prometheus_client import Gauge, generate_latest
+from prometheus_client import Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from roost import __version__, promql
+from roost.api.answers import AnswerCache
 from roost.durations import parse_duration_ms
 from roost.errors import RoostError, StoreFullError
 from roost.export.prompb import TooLarge, WireError, decode_write_request
@@ -187,6 +188,12 @@ class _PrometheusApi:
         )
         self._published: deque[tuple[float, int]] = deque()
         self._queries = ThreadPoolExecutor(1, thread_name_prefix="roost-promql")
+        self._answers = AnswerCache(hub.settings.hub.query_cache_mb * 1024 * 1024)
+        answered = Counter(
+            "roost_query_answers", "Range-query answers, by where they came from (cache: an identical request's, still valid).",
+            ["origin"], registry=hub.metrics.registry,
+        )
+        self._from_cache, self._from_store = answered.labels(origin="cache"), answered.labels(origin="store")
 
     async def warm(self, _app: web.Application) -> None:
         """Before the hub serves: the newest week's 5-minute summaries into the store's cache, in the query thread
@@ -238,12 +245,24 @@ class _PrometheusApi:
             start = _parse_time("start", params["start"])
             end = _parse_time("end", params["end"])
             step = _parse_step(params["step"])
-            node = promql.parse(params.get("query", ""))
+            query = params.get("query", "")
+            node = promql.parse(query)
+            selections = list(promql.selections(node))
+            key = (query, start, end, step)
+            mark = self.hub.store.history_mark(vs.selector for vs, _back_ms in selections)
+            body = self._answers.get(key, mark)
+            if body is not None:
+                self._from_cache.inc()
+                return _json(body)
 
             def answer(view: ReadView) -> bytes:
                 return _range_body(promql.Evaluator(view, start, end, step).eval(node), start, end, step)
 
-            return _json(await self._answer(node, start, end, answer))
+            body = await self._answer(node, start, end, answer)
+            self._from_store.inc()
+            # what it read reaches `end` (later with a negative offset)
+            self._answers.put(key, mark, max((end - vs.offset_ms for vs, _back in selections), default=end), body)
+            return _json(body)
         except PromQLError as err:
             return _failure(err)
 

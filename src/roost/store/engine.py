@@ -283,6 +283,9 @@ class Store:
         self._view_lock = threading.Lock()  # one ReadView reads at a time, on `_view_conn`
         self._view_conn: sqlite3.Connection | None = None
         self.head_samples = 0
+        # Writes that changed what was already stored (a sample at or before its series' newest one, a deletion,
+        # raw days turned into rollups): an answer computed before one of these may be stale (`history_mark`).
+        self.rewrites = 0
         self.rejected: dict[str, int] = defaultdict(int)
         self.conn: sqlite3.Connection
 
@@ -458,8 +461,12 @@ class Store:
         hs.add(ts_ms, value)
         self.head_samples += 1
         latest = self._latest.get(sid)
-        if latest is None or ts_ms >= latest[0]:
+        if latest is None or ts_ms > latest[0]:
             self._latest[sid] = (ts_ms, value)
+        else:
+            self.rewrites += 1
+            if ts_ms == latest[0]:
+                self._latest[sid] = (ts_ms, value)
 
     def _reject(self, result: WriteResult, reason: str, reading: Reading, problem: str | None = None) -> None:
         result.rejected[reason] = result.rejected.get(reason, 0) + 1
@@ -858,6 +865,8 @@ class Store:
             self._log_bulk_change(conn, sid, ts)
         if len(ts):
             latest = self._latest.get(sid)
+            if latest is not None and ts[0] <= latest[0]:
+                self.rewrites += 1  # after the commit: an answer computed meanwhile is taken as stale
             if latest is None or ts[-1] >= latest[0]:
                 self._latest[sid] = (int(ts[-1]), float(values[-1]))
         return len(ts)
@@ -871,6 +880,7 @@ class Store:
         if not self.options.retention:
             return stats
         with self._write_transaction() as conn:
+            before = conn.total_changes
             for sid, series in self.series():
                 rule = next((r for r in self.options.retention if r.selector.matches(series)), None)
                 if rule is None:
@@ -879,6 +889,9 @@ class Store:
                     stats["chunks_deleted"] += self._expire(conn, sid, (now - rule.keep_ms) // DAY_MS)
                 if rule.raw_ms is not None:
                     stats["chunks_downsampled"] += self._downsample(conn, sid, (now - rule.raw_ms) // DAY_MS)
+            changed = conn.total_changes != before
+        if changed:  # counted after the commit: an answer computed meanwhile is taken as stale
+            self.rewrites += 1
         with contextlib.closing(_connect(self.db_path)) as conn:
             conn.execute("PRAGMA incremental_vacuum")  # give the freed pages back to the file system
         return stats
@@ -1196,6 +1209,15 @@ class Store:
             while self._summary_bytes > _SUMMARY_CACHE_BYTES and self._summary_cache:
                 _key, old = self._summary_cache.popitem(last=False)
                 self._summary_bytes -= old.nbytes
+
+    def history_mark(self, selectors: Iterable[Selector]) -> tuple[int, dict[int, int]]:
+        """What an answer over `selectors` depends on, taken before computing it: `rewrites`, and the newest sample's
+        time of every matching series (-1: none yet). Samples that arrive later in time order than a series' newest
+        one change no answer that reads only up to that newest time."""
+        self._load_series()
+        latest, index = self._latest, self._index
+        newest = {sid: latest[sid][0] if sid in latest else -1 for sel in selectors for sid, _s in index.match(sel)}
+        return self.rewrites, newest
 
     def latest(self) -> dict[Series, tuple[int, float]]:
         """The newest sample of every series (also what other processes imported)."""

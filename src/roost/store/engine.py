@@ -365,6 +365,12 @@ class Store:
         if added:
             self._index = _SeriesIndex(self._series_by_id)
 
+    def _load_known_series(self) -> None:
+        """Series another process registered, for reads: only a reader can miss any (a writer registers every
+        series of its store itself, and holds the lock that keeps other writers out)."""
+        if not self.writer:
+            self._load_series()
+
     def series_id(self, series: Series, *, create: bool = True) -> int | None:
         """The id of a series, registering it if new; None when the cardinality cap refuses it."""
         sid = self._sid_by_series.get(series)
@@ -1090,7 +1096,7 @@ class Store:
         series only: in a hub, copying every series' head is most of what a view costs (100 series with 5 minutes
         of head: ~120 µs).
         """
-        self._load_series()
+        self._load_known_series()
         index = self._index
         if selectors is not None:
             selectors = frozenset(selectors)
@@ -1214,7 +1220,7 @@ class Store:
         """What an answer over `selectors` depends on, taken before computing it: `rewrites`, and the newest sample's
         time of every matching series (-1: none yet). Samples that arrive later in time order than a series' newest
         one change no answer that reads only up to that newest time."""
-        self._load_series()
+        self._load_known_series()
         latest, index = self._latest, self._index
         newest = {sid: latest[sid][0] if sid in latest else -1 for sel in selectors for sid, _s in index.match(sel)}
         return self.rewrites, newest

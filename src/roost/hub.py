@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -43,7 +44,9 @@ _FULL_RETRY_S = 5.0
 _RETENTION_EVERY_S = 3600.0
 
 
+@functools.cache
 def _glibc():
+    """glibc, loaded when a hub first tunes its memory (not on import: the CLI's other commands never do)."""
     try:
         import ctypes
 
@@ -52,19 +55,17 @@ def _glibc():
         return None
 
 
-_LIBC = _glibc()
-
-
 def _keep_query_buffers_on_the_heap() -> None:
     """Stop glibc from mmap-ing (and page-faulting in) every query's large numpy temporaries.
 
     Measured on the 9-series 7-day query: 12.9 → 7.6 ms per request; memory at rest does not grow.
     """
-    if _LIBC is None:
+    libc = _glibc()
+    if libc is None:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    _LIBC.mallopt(m_mmap_threshold, 64 * 1024 * 1024)
-    _LIBC.mallopt(m_trim_threshold, 128 * 1024 * 1024)
+    libc.mallopt(m_mmap_threshold, 64 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 128 * 1024 * 1024)
 
 
 def _give_back_free_memory() -> None:
@@ -74,8 +75,9 @@ def _give_back_free_memory() -> None:
     with the trim threshold above an arena never shrinks by itself: in an hour of bench/soak.py the arenas held
     ~10 MB free, a few MB of it resident. Called after each compaction; it takes well under a millisecond.
     """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def store_options(settings: Settings) -> StoreOptions:

@@ -9,8 +9,10 @@ An answer is kept with what it was computed from (`Store.history_mark`) and serv
 - every matching series either has no new samples, or already had samples up to the query's horizon (its end,
   or later with a negative `offset`) when the answer was made: the new ones come after it and change nothing.
 
-The answers are bytes of the JSON response; the least recently used go first beyond `max_bytes` (`[hub]
-query_cache_mb`). Hits and misses: `roost_query_answers_total{origin="cache"|"store"}` on /metrics.
+An answer is kept from the second time its request comes: a request made once (an `end` of now, to the
+millisecond, from a script) would only push out answers that are asked again. The answers are bytes of the JSON
+response; the least recently used go first beyond `max_bytes` (`[hub] query_cache_mb`). Hits and misses:
+`roost_query_answers_total{origin="cache"|"store"}` on /metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = ["AnswerCache"]
+
+ASKED_KEYS = 4096  # requests remembered (by hash) to tell a repeated one from a one-off
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,7 @@ class AnswerCache:
         self.max_bytes = max_bytes
         self._answers: OrderedDict[tuple, _Answer] = OrderedDict()
         self._bytes = 0
+        self._asked: OrderedDict[int, None] = OrderedDict()  # hashes of requests seen, the oldest first
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -59,14 +64,24 @@ class AnswerCache:
         return None
 
     def put(self, key: tuple, mark: tuple[int, dict[int, int]], horizon: int, body: bytes) -> None:
-        """Keep `body`, computed after `mark` was taken, for reads up to `horizon` (ms)."""
-        if self.max_bytes <= 0 or len(body) > self.max_bytes // 4:
+        """Keep `body`, computed after `mark` was taken, for reads up to `horizon` (ms), if `key` was asked before."""
+        if self.max_bytes <= 0 or len(body) > self.max_bytes // 4 or not self._asked_before(key):
             return
         self._drop(key)
         self._answers[key] = _Answer(body, mark[0], mark[1], horizon)
         self._bytes += len(body)
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._answers)))
+
+    def _asked_before(self, key: tuple) -> bool:
+        h = hash(key)
+        if h in self._asked:
+            self._asked.move_to_end(h)
+            return True
+        self._asked[h] = None
+        if len(self._asked) > ASKED_KEYS:
+            self._asked.popitem(last=False)
+        return False
 
     def _drop(self, key: tuple) -> None:
         answer = self._answers.pop(key, None)

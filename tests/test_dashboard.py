@@ -702,7 +702,34 @@ def test_a_rule_preview_lists_the_firings_the_api_answers_and_marks_them_on_its_
     assert [r["at"] for r in _preview_rows(p)] == [s["at"] for s in day["steps"]]
     assert len(day["steps"]) <= len(answer["steps"])
     p.click("#rule-preview .preview-close")
-    assert p.locator("#rule-preview").is_hidden()
+    p.wait_for_selector("#rule-preview", state="hidden")
+    page.close()
+
+
+@browser_only
+def test_an_open_rule_preview_is_in_the_page_address(browser, previewed_hub):
+    page = Page(browser, previewed_hub.url)
+    with page.page.expect_response(lambda r: "/api/rules/WarmLounge/preview?since=24h" in r.url) as asked:
+        p = page.open("#rules?preview=WarmLounge&since=24h")  # a bookmark: the preview opens with the page
+    p.wait_for_selector("#rule-preview[data-state=ready]", timeout=60_000)
+    assert p.locator("#rule-preview-title").text_content() == "Preview: WarmLounge"
+    assert p.get_attribute('#rule-preview button[data-since="24h"]', "aria-pressed") == "true"
+    assert [r["at"] for r in _preview_rows(p)] == [s["at"] for s in asked.value.json()["steps"]]
+
+    _open_preview(p, "WarmLounge", since="30d")  # a window button changes the address, and the preview follows it
+    assert p.evaluate("location.hash") == "#rules?preview=WarmLounge&since=30d"
+    p.reload()
+    p.wait_for_selector("#rule-preview[data-state=ready]", timeout=60_000)
+    assert p.get_attribute('#rule-preview button[data-since="30d"]', "aria-pressed") == "true"
+
+    p.click("#rule-preview .preview-close")
+    p.wait_for_selector("#rule-preview", state="hidden")
+    assert p.evaluate("location.hash") == "#rules"
+    with p.expect_response(lambda r: "/preview?since=30d" in r.url):
+        p.go_back()  # Back opens what was open
+    p.wait_for_selector("#rule-preview[data-state=ready]", timeout=60_000)
+    p.go_back()  # and before it, the 24-hour window
+    p.wait_for_selector('#rule-preview[data-state=ready] button[data-since="24h"][aria-pressed=true]', timeout=60_000)
     page.close()
 
 
@@ -719,9 +746,9 @@ def test_a_rule_preview_shows_the_rule_failing_and_the_hub_refusing(browser, pre
     assert "ColdEntry.action failed: RuntimeError: the entry is at" in rows[0]["cells"][2]
     page.screenshot("rules-preview-failure")
 
-    # A rule the hub no longer has (its file removed since the page loaded): the hub's message, as an alert.
+    # A rule the hub no longer has (a bookmark to a rule whose file was removed): the hub's message, as an alert.
     with p.expect_response(lambda r: "/api/rules/Gone/preview" in r.url) as refused:
-        p.evaluate("window.roost.rulePreview.open('Gone')")
+        p.evaluate("location.hash = '#rules?preview=Gone'")
     p.wait_for_selector("#rule-preview[data-state=error]")
     alert = p.locator("#rule-preview [role=alert]")
     assert refused.value.status == 404

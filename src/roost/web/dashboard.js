@@ -66,7 +66,7 @@ function route(focus) {
   document.title = `${current.title} · roost`;
   if (focus) document.getElementById(`${current.id}-title`).focus({ preventScroll: true });
   if (current.id === "history") return history.show(new URLSearchParams(query));
-  if (current.id === "things" || current.id === "rules") return view(current.id).then((v) => v.show());
+  if (current.id === "things" || current.id === "rules") return view(current.id).then((v) => v.show(new URLSearchParams(query)));
   if (current.id === "backups") return backupsView().then((v) => v.show());
   return Promise.resolve();
 }

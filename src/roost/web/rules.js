@@ -10,8 +10,15 @@ import { isRule, ThingCards, thingHeader } from "./things.js";
 const WINDOWS = ["24h", "7d", "30d"]; // the History presets a preview offers; the hub takes up to 90d
 const ruleName = (thing) => thing.id.replace(/^rule-/, ""); // rule things are rule-<ClassName>
 
+// An open preview lives in the URL (#rules?preview=WarmLounge&since=24h): reloading or sharing the page keeps it,
+// and Back closes it. Its buttons change the address; the hashchange opens, reloads or closes the preview.
+function previewHash(rule, since = "7d") {
+  return `#rules?${new URLSearchParams({ preview: rule, since })}`;
+}
+
 export function rulesView(root, client) {
   const preview = new RulePreview(root);
+  const titles = new Map();
   const cards = new ThingCards(root, client, {
     pick: (things) => things.filter(isRule).sort((a, b) => a.title.localeCompare(b.title)),
     empty: "No rules are loaded. Put a rule file in the rules directory (docs/rules.md); it appears here when the hub loads it.",
@@ -28,7 +35,12 @@ export function rulesView(root, client) {
       const button = el("button", { type: "button", class: "preview-open", "aria-label": `Preview ${thing.title}`,
                                     "aria-controls": "rule-preview" });
       button.textContent = "Preview";
-      button.addEventListener("click", () => preview.open(ruleName(thing), thing.title));
+      titles.set(ruleName(thing), thing.title);
+      button.addEventListener("click", () => {
+        const hash = previewHash(ruleName(thing));
+        if (location.hash === hash) preview.reveal(); // already open on this rule: bring it into view
+        else location.hash = hash;
+      });
       const actions = el("p", { class: "actions" });
       actions.append(button);
       article.append(thingHeader(thing, ""), sentence, props, actions);
@@ -36,7 +48,15 @@ export function rulesView(root, client) {
     },
   });
   window.roost.rulePreview = preview; // for tests and the console
-  return cards;
+  return {
+    async show(params = new URLSearchParams()) {
+      await cards.show();
+      const rule = params.get("preview");
+      if (!rule) return preview.close();
+      const since = WINDOWS.includes(params.get("since")) ? params.get("since") : "7d";
+      return preview.show(rule, titles.get(rule) ?? rule, since);
+    },
+  };
 }
 
 // "Timer off(): turn off Lounge Lamp" without its cause, which the table shows beside it.
@@ -67,11 +87,11 @@ export class RulePreview {
     for (const since of WINDOWS) {
       const b = cell("button", PRESETS[since].label, { type: "button", "data-since": since, "aria-pressed": "false",
                                                        "aria-label": `Preview ${PRESETS[since].text}` });
-      b.addEventListener("click", () => this.load(since));
+      b.addEventListener("click", () => { location.hash = previewHash(this.rule, since); });
       windows.append(b);
     }
     const close = cell("button", "Close", { type: "button", class: "preview-close" });
-    close.addEventListener("click", () => this.close());
+    close.addEventListener("click", () => { location.hash = "#rules"; });
     header.append(this.title, windows, close);
     this.sentence = el("p", { class: "sentence" });
     this.status = el("p", { class: "status", role: "status", "aria-live": "polite" });
@@ -94,12 +114,24 @@ export class RulePreview {
     this.root.hidden = false;
     this.title.textContent = `Preview: ${title}`;
     const loading = this.load(since);
-    this.root.scrollIntoView({ block: "start" });
-    this.title.focus({ preventScroll: true });
+    this.reveal();
     return loading;
   }
 
+  reveal() {
+    this.root.scrollIntoView({ block: "start" });
+    this.title.focus({ preventScroll: true });
+  }
+
+  // What the address asks for: this rule over this window, opened or reloaded only when it is not shown already.
+  show(rule, title, since) {
+    if (this.root.hidden || rule !== this.rule) return this.open(rule, title, since);
+    if (since !== this.since) return this.load(since);
+    return Promise.resolve();
+  }
+
   close() {
+    if (this.root.hidden) return;
     this.generation++;
     this.#clearPlots();
     this.root.hidden = true;
@@ -107,6 +139,7 @@ export class RulePreview {
   }
 
   async load(since) {
+    this.since = since;
     const generation = ++this.generation;
     for (const b of this.root.querySelectorAll("[data-since]")) b.setAttribute("aria-pressed", String(b.dataset.since === since));
     const p = PRESETS[since];

@@ -145,6 +145,33 @@ def test_every_bad_mqtt_payload_is_refused_with_a_counted_reason(path):
     assert all(p.message and len(p.message) < 400 for p in problems)  # payloads are clipped in messages
 
 
+def test_a_flood_of_distinct_bad_topics_is_counted_in_full_and_logged_within_a_budget(caplog, monkeypatch):
+    """A malicious publisher sends bad payloads on ever new (and very long) topics: every one is counted, the log
+    gets at most 50 lines a minute, each cut to 500 characters, then one line with how many went unlogged."""
+    from roost import telemetry
+
+    clock = [1000.0]
+    monkeypatch.setattr(telemetry.time, "monotonic", lambda: clock[0])
+    metrics = telemetry.SelfMetrics()
+    parser = MqttParser(MQTT)
+    caplog.set_level("WARNING", logger="roost")
+    for i in range(300):
+        topic = f"home/{'x' * 5000}{i}/temperature_celsius"
+        for problem in parser.parse(topic, b"warm", now_ms())[1]:
+            metrics.reject(problem.reason, problem.key, problem.message)
+    assert metrics.registry.get_sample_value("roost_rejected_readings_total", {"reason": "non_numeric"}) == 300
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 50 and all(len(line) <= 600 and line.endswith("…") for line in lines)
+    clock[0] += 61  # the next minute: the count of what was not logged, then the next rejection
+    caplog.clear()
+    metrics.reject("non_numeric", "another", "home/a/b: value 'warm' is not a number")
+    assert [r.getMessage() for r in caplog.records] == [
+        "250 more rejected readings were not logged in the last minute (too many to log; all are counted in "
+        "roost_rejected_readings_total)",
+        "rejected reading (non_numeric): home/a/b: value 'warm' is not a number",
+    ]
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(

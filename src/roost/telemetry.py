@@ -11,6 +11,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 log = logging.getLogger("roost")
 
 _REJECT_LOG_INTERVAL_S = 60.0
+# At most this many rejection lines per interval in all: a publisher sending a flood of distinct bad topics is
+# counted in full, but fills the log with a line a minute saying how many went unlogged.
+_REJECT_LOG_LINES = 50
+_REJECT_MESSAGE_CHARS = 500  # a 64 KB MQTT topic is cut in the log line
 
 
 class SelfMetrics:
@@ -43,17 +47,32 @@ class SelfMetrics:
             "roost_source_last_success_timestamp_seconds", "When a source last produced a reading.", ["source"], registry=r
         )
         self._last_logged: dict[tuple[str, str], float] = {}
+        self._log_window = (-_REJECT_LOG_INTERVAL_S, 0, 0)  # (start, lines logged, rejections not logged) of this minute
 
     def reject(self, reason: str, series: str, message: str, count: int = 1) -> None:
-        """Count a rejected reading and log it, at most once per series and reason per minute."""
+        """Count a rejected reading and log it: at most once per series and reason per minute, and at most
+        `_REJECT_LOG_LINES` lines a minute in all (then one line with how many more there were)."""
         self.rejected.labels(reason=reason).inc(count)
         key = (series, reason)
         now = time.monotonic()
-        if now - self._last_logged.get(key, -_REJECT_LOG_INTERVAL_S) >= _REJECT_LOG_INTERVAL_S:
-            self._last_logged[key] = now
-            if len(self._last_logged) > 50_000:
-                self._last_logged.clear()
-            log.warning("rejected reading (%s): %s", reason, message)
+        if now - self._last_logged.get(key, -_REJECT_LOG_INTERVAL_S) < _REJECT_LOG_INTERVAL_S:
+            return
+        start, lines, unlogged = self._log_window
+        if now - start >= _REJECT_LOG_INTERVAL_S:
+            if unlogged:
+                log.warning("%d more rejected readings were not logged in the last minute (too many to log; all "
+                            "are counted in roost_rejected_readings_total)", unlogged)
+            start, lines, unlogged = now, 0, 0
+        if lines >= _REJECT_LOG_LINES:
+            self._log_window = (start, lines, unlogged + count)
+            return
+        self._log_window = (start, lines + 1, unlogged)
+        self._last_logged[key] = now
+        if len(self._last_logged) > 50_000:
+            self._last_logged.clear()
+        if len(message) > _REJECT_MESSAGE_CHARS:
+            message = message[: _REJECT_MESSAGE_CHARS - 1] + "…"
+        log.warning("rejected reading (%s): %s", reason, message)
 
 
 class RuleCollector:

@@ -54,6 +54,10 @@ class Source(Protocol):
         """Summaries of the buckets of `width_ms` in [start_ms, end_ms) of every matching series (`resets`: whether
         the caller reads their counter resets)."""
 
+    def summaries_fit(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> bool:
+        """Whether reading summaries is the cheaper way: false where they would be made again from the samples
+        on every read (more of them than the store keeps)."""
+
 
 @dataclass(slots=True)
 class Vector:
@@ -150,11 +154,13 @@ class Evaluator:
         return self.source.read(vs.selector, lo, hi + 1, transient=True)  # every caller copies what it keeps
 
     def _width(self, vs: ast.VectorSelector, range_ms: int) -> int | None:
-        """The widest summary width that the steps, `range_ms` and the offset are whole multiples of, if any."""
+        """The widest summary width that the steps, `range_ms` and the offset are whole multiples of, if any, and
+        if the store can keep the summaries this reads (else reading the samples costs less)."""
         ref0 = int(self.steps[0]) - vs.offset_ms
         for width in WIDTHS_MS:
             if range_ms % width == 0 and ref0 % width == 0 and (len(self.steps) == 1 or self.step_ms % width == 0):
-                return width
+                lo, hi = ref0 - range_ms, int(self.steps[-1]) - vs.offset_ms + width
+                return width if self.source.summaries_fit(vs.selector, lo, hi, width) else None
         return None
 
     def _bucketed(

@@ -1451,6 +1451,19 @@ class ReadView:
         """How many series match (what a query's cost grows with); needs no `run`."""
         return len(self._matches(selector))
 
+    def summaries_fit(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> bool:
+        """Whether the summaries `summaries` would return stay in the store's summary cache: finer than hourly
+        (those are made from the day chunks; hourly ones mostly come from the stored rollups), the summaries of
+        every matching series' days must fit in three quarters of it. Beyond that every read would make them
+        again from the chunks (~0.25 ms a series-day), where reading the samples costs a tenth of that.
+        Measured: `avg(humidity_percent)` over 330 series, a week at step 10m, 660 ms from summaries made
+        again on each read, ~100 ms from the samples (in process)."""
+        if width_ms >= HOUR_MS:
+            return True
+        days = (end_ms - 1) // DAY_MS - start_ms // DAY_MS + 1
+        per_day = (DAY_MS // width_ms) * len(SUMMARY_FIELDS) * 8
+        return self.count(selector) * days * per_day <= _SUMMARY_CACHE_BYTES * 3 // 4
+
     def _matches(self, selector: Selector) -> list[tuple[int, Series]]:
         return self._index.match(selector)
 

@@ -3,8 +3,10 @@
     .venv/bin/python bench/interop.py [--series 100] [--days 30] [--runs 15]
 
 Loads `workload.generate` (the reference house: 15 s samples) into a roost store (write_bulk) and into
-VictoriaMetrics (CSV import), starts `roost run` and `victoria-metrics -search.disableCache` on free 127.0.0.1
-ports, and times five dashboard queries through `/api/v1/query_range` over the last 7 and 30 days, on one
+VictoriaMetrics (CSV import), starts `roost run` and `victoria-metrics` on free 127.0.0.1 ports, and times five
+dashboard queries through `/api/v1/query_range` over the last 7 and 30 days twice: the engines alone (roost with
+`query_cache_mb = 0`, VictoriaMetrics with `-search.disableCache`: every request computed), then both as installed
+(roost's answer cache and VictoriaMetrics' rollup result cache on: what a refreshing dashboard gets). Each on one
 keep-alive connection per server as Grafana keeps them (median of --runs after one warm-up, whose time is
 printed too; the two servers are asked in turns, who goes first swapping each turn, so a spike of the machine's
 load lands on both; the answers are checked to have the same series). Each range is asked twice: with start
@@ -159,17 +161,28 @@ def main() -> None:
             t = time.perf_counter()
             samples = load(args.days, args.series, work, vm)
             print(f"loaded {samples:,} samples ({args.series} series, {args.days} d) into both in {time.perf_counter() - t:.0f} s")
-            port = free_port()
-            hub = Peer([str(ROOT / ".venv/bin/roost"), "run", "--data", str(work / "roost"), "--listen", f"127.0.0.1:{port}"],
-                       port, work / "hub.log", "/healthz")
-            rows = time_queries(hub.url, vm.url, args.days, args.runs)
+            passes = {}
+            for setting, cached in (("engines alone: both query caches off", False), ("as installed: both caches on", True)):
+                if cached:  # the same data, served by VictoriaMetrics with its rollup result cache
+                    vm.stop()
+                    vm = VictoriaMetrics(work / "vm", cache=True)
+                config = work / "roost.toml"
+                config.write_text("" if cached else "[hub]\nquery_cache_mb = 0\n")
+                port = free_port()
+                hub = Peer([str(ROOT / ".venv/bin/roost"), "run", "-c", str(config), "--data", str(work / "roost"),
+                            "--listen", f"127.0.0.1:{port}"], port, work / "hub.log", "/healthz")
+                passes[setting] = time_queries(hub.url, vm.url, args.days, args.runs)
+                hub.stop()
+                hub = None
         finally:
             if hub is not None:
                 hub.stop()
             vm.stop()
-        print(f"\n{'range':5} {'grid':8} {'query':58} {'roost ms':>9} {'VM ms':>8} {'roost/VM':>8} {'first: roost':>13} {'VM':>6}")
-        for name, grid, query, r_first, r, v_first, v in rows:
-            print(f"{name:5} {grid:8} {query:58} {r * 1000:9.1f} {v * 1000:8.1f} {r / v:8.2f} {r_first * 1000:13.1f} {v_first * 1000:6.1f}")
+        for setting, rows in passes.items():
+            print(f"\n{setting}")
+            print(f"{'range':5} {'grid':8} {'query':58} {'roost ms':>9} {'VM ms':>8} {'roost/VM':>8} {'first: roost':>13} {'VM':>6}")
+            for name, grid, query, r_first, r, v_first, v in rows:
+                print(f"{name:5} {grid:8} {query:58} {r * 1000:9.1f} {v * 1000:8.1f} {r / v:8.2f} {r_first * 1000:13.1f} {v_first * 1000:6.1f}")
         # remote write: the newest 7 days of every series through the export path
         readings = []
         for metric, labels, ts, values in generate(n_series=args.series, days=7):

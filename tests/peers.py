@@ -166,16 +166,17 @@ class Prometheus(Peer):
 
 
 class VictoriaMetrics(Peer):
-    """victoria-metrics with its query cache off, so repeated queries are measured, not remembered."""
+    """victoria-metrics, by default with its query cache off, so repeated queries are measured, not remembered
+    (`cache=True`: as installed, with its rollup result cache)."""
 
     name = "victoria-metrics"
 
-    def __init__(self, data: Path, *extra: str, port: int | None = None, timeout: float = 60):
+    def __init__(self, data: Path, *extra: str, port: int | None = None, timeout: float = 60, cache: bool = False):
         need("victoria-metrics")
         port = port or free_port()
         argv = [
             "victoria-metrics", f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y",
-            "-loggerLevel=WARN", "-search.disableCache", *extra,
+            "-loggerLevel=WARN", *([] if cache else ["-search.disableCache"]), *extra,
         ]
         super().__init__(argv, port, data.parent / f"{data.name}.vm.log", "/health", timeout=timeout)
 

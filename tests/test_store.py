@@ -516,3 +516,46 @@ def test_a_query_reads_samples_instead_of_summaries_the_store_could_not_keep(tmp
         asked.clear()
         assert [answer(q) for q in queries] == from_summaries
         assert asked == []
+
+
+def test_newest_sample_at_each_step_is_the_one_a_full_read_finds(tmp_path):
+    """`ReadView.newest` indexes regular days without expanding them; it must agree with searching what `read`
+    returns, for regular and irregular days, head samples written into a sealed day, -0.0, whole-float values and
+    steps before, across and after the data."""
+    rng = np.random.default_rng(11)
+    day = DAY_MS
+    regular = np.arange(T0, T0 + 3 * day, 15_000)
+    irregular = np.sort(rng.choice(np.arange(T0 + 3 * day, T0 + 4 * day, 1_000), 3_000, replace=False))
+    cases = {
+        Series.of("t", room="regular"): (regular, np.round(rng.normal(20, 2, len(regular)), 2)),
+        Series.of("t", room="floats"): (regular, rng.normal(0, 1, len(regular))),  # no decimal scale
+        Series.of("t", room="zeros"): (regular, np.where(rng.random(len(regular)) < 0.3, -0.0, 1.5)),
+        Series.of("t", room="mixed"): (np.concatenate([regular, irregular]), np.round(rng.uniform(0, 9, len(regular) + len(irregular)), 1)),
+    }
+    with Store.open(tmp_path / "d", StoreOptions(fsync=False), writer=True) as s:
+        for series, (ts, values) in cases.items():
+            s.write_bulk(series, ts, values, now=T0 + 5 * day)
+        # late readings into a sealed day stay in the head; and a few after the bulk data
+        late = Series.of("t", room="regular")
+        s.write([Reading(late, T0 + day + 7_000, 99.0), Reading(late, T0 + 4 * day + 60_000, 5.0)])
+        selector = Selector.parse("t")
+        for start, step in ((T0 - 600_000, 600_000), (T0 + 200_000, 60_000), (T0 + day - 30_000, 7_000)):
+            refs = np.arange(start, min(start + 1_100 * step, T0 + 5 * day), step, dtype=np.int64)
+            view = s.read_view([selector])
+
+            def both(v):
+                expected = {}
+                for data in v.read(selector, int(refs[0]) - 300_000, int(refs[-1]) + 1):
+                    idx = np.searchsorted(data.ts, refs, "right") - 1
+                    safe = np.maximum(idx, 0)
+                    ok = (idx >= 0) & (data.ts[safe] >= refs - 300_000)
+                    expected[data.series] = (data.values[safe][ok], ok)
+                got = {series: (values[ok], ok) for series, values, ok in v.newest(selector, refs, 300_000)}
+                return expected, got
+
+            expected, got = view.run(both)
+            assert expected.keys() <= got.keys() and expected
+            for series, (values, ok) in got.items():
+                want_values, want_ok = expected.get(series, (np.empty(0), np.zeros(len(refs), bool)))
+                np.testing.assert_array_equal(ok, want_ok, err_msg=str(series))
+                assert values.tobytes() == want_values.tobytes(), series  # bit for bit, -0.0 included

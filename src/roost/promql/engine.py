@@ -54,6 +54,10 @@ class Source(Protocol):
         """Summaries of the buckets of `width_ms` in [start_ms, end_ms) of every matching series (`resets`: whether
         the caller reads their counter resets)."""
 
+    def newest(self, selector: Selector, refs: np.ndarray, lookback_ms: int) -> Iterable[tuple[Series, np.ndarray, np.ndarray]]:
+        """For every matching series: at each time of `refs` (sorted), the value of the newest sample in
+        [ref - lookback_ms, ref], and whether there is one."""
+
     def summaries_fit(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> bool:
         """Whether reading summaries is the cheaper way: false where they would be made again from the samples
         on every read (more of them than the store keeps)."""
@@ -199,13 +203,10 @@ class Evaluator:
             series, values, ok = self._bucketed(vs, width, width, newest)
             return _compact(Vector([series_labels(x) for x in series], values, ok))
         labels, rows, masks = [], [], []
-        for data in self._samples(vs, LOOKBACK_MS):
-            idx = np.searchsorted(data.ts, ref, "right") - 1
-            safe = np.maximum(idx, 0)
-            ok = (idx >= 0) & (data.ts[safe] >= ref - LOOKBACK_MS)
+        for series, values, ok in self.source.newest(vs.selector, ref, LOOKBACK_MS):
             if ok.any():
-                labels.append(series_labels(data.series))
-                rows.append(data.values[safe])
+                labels.append(series_labels(series))
+                rows.append(values)
                 masks.append(ok)
         return _stack(labels, rows, masks, len(self.steps))
 

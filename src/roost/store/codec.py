@@ -233,6 +233,22 @@ class Decoded:
             values[self.negative_zeros] = -0.0
 
 
+    @property
+    def regular(self) -> bool:
+        """Timestamps first, first + interval, ...: sample k's time is known without expanding the day."""
+        return self.offsets is None and self.n >= 2
+
+    def values_at(self, k: np.ndarray) -> np.ndarray:
+        """The values of samples `k` (indices), bit for bit what `into` writes for them."""
+        if self.x is None:
+            return self.values[k]
+        d = self.exponent
+        values = np.divide(self.x[k], 10.0**d) if d >= 0 else np.multiply(self.x[k], 10.0**-d)
+        if self.negative_zeros is not None:
+            values[np.isin(k, self.negative_zeros)] = -0.0
+        return values
+
+
 _count_up = np.arange(0, dtype=np.int64)
 
 

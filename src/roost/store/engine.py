@@ -213,6 +213,7 @@ def _hourly(ts: np.ndarray, values: np.ndarray) -> tuple[Rows, Extras]:
 _SealedSummary = tuple[tuple[int, int, int], Summary]
 
 _SCRATCH_SAMPLES = 1 << 20  # 16 MB of ts and values kept per query thread for transient reads
+_NO_SAMPLE = np.iinfo(np.int64).min  # `_newest`: no sample at or before that step
 
 
 def _gather(
@@ -1087,6 +1088,54 @@ class Store:
         lo_i, hi_i = np.searchsorted(ts, [lo, hi])
         return ts[lo_i:hi_i], values[lo_i:hi_i]
 
+    def _newest(
+        self, conn, sid: int, refs: np.ndarray, lookback_ms: int, head, days
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For every time in `refs` (sorted): the value of the newest sample in [ref - lookback_ms, ref], and
+        whether there is one — what an instant selector reads at each step. A day held as one regular chunk (no
+        head samples or open chunk beside it) is indexed by arithmetic on its timestamps, without expanding its
+        samples; the other days are read as `_samples` reads them."""
+        lo, hi = int(refs[0]) - lookback_ms, int(refs[-1]) + 1
+        head_days: set[int] = set()
+        for t, _v in head:
+            head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
+        found = self._decoded_chunks(conn, [_row_id(d, sid) for d in days if d not in head_days])
+        seen: dict[int, int] = defaultdict(int)
+        for row_id, _chunk in found:
+            seen[row_id] += 1
+        regular = {
+            row_id >> _SID_BITS: chunk
+            for row_id, chunk in found
+            if seen[row_id] == 1 and isinstance(chunk, Decoded) and chunk.regular
+        }
+        best_t = np.full(len(refs), _NO_SAMPLE, np.int64)
+        best_v = np.zeros(len(refs))
+        rest = [d for d in days if d not in regular]
+        if rest:
+            ts, values = self._samples(conn, sid, lo, hi, head, days=rest, transient=True)
+            if len(ts):
+                idx = np.searchsorted(ts, refs, "right") - 1
+                has = idx >= 0
+                safe = np.maximum(idx, 0)
+                best_t = np.where(has, ts[safe], _NO_SAMPLE)
+                best_v = np.where(has, values[safe], 0.0)
+        if regular:  # each step's newest sample among these is in the last of them that starts at or before it
+            chunks = [regular[d] for d in sorted(regular)]
+            firsts = np.array([c.first for c in chunks], np.int64)
+            intervals = np.array([c.interval for c in chunks], np.int64)
+            j = np.searchsorted(firsts, refs, "right") - 1  # nondecreasing: each chunk has a run of steps
+            day = np.maximum(j, 0)
+            k = np.minimum((refs - firsts[day]) // intervals[day], np.array([c.n - 1 for c in chunks])[day])
+            t = firsts[day] + k * intervals[day]
+            values = np.empty(len(refs))
+            runs = np.searchsorted(j, np.arange(len(chunks) + 1))
+            for chunk, a, b in zip(chunks, runs[:-1], runs[1:]):
+                if a < b:
+                    values[a:b] = chunk.values_at(k[a:b])
+            newer = (j >= 0) & (t > best_t)
+            best_t, best_v = np.where(newer, t, best_t), np.where(newer, values, best_v)
+        return best_v, (best_t != _NO_SAMPLE) & (best_t >= refs - lookback_ms)
+
     # ----------------------------------------------------------------- reads in a worker thread (PromQL)
 
     def read_view(self, selectors: Iterable[Selector] | None = None) -> ReadView:
@@ -1487,6 +1536,17 @@ class ReadView:
             ts, values = store._samples(self._conn, sid, start_ms, end_ms, head, days=days, transient=transient)
             if len(ts):
                 yield SeriesData(series, ts, values)
+
+    def newest(self, selector: Selector, refs: np.ndarray, lookback_ms: int) -> Iterator[tuple[Series, np.ndarray, np.ndarray]]:
+        """For every matching series: at each time of `refs` (sorted), the value of the newest sample in
+        [ref - lookback_ms, ref] and whether there is one (`Store._newest`)."""
+        store = self._store
+        lo, hi = int(refs[0]) - lookback_ms, int(refs[-1]) + 1
+        for sid, series, head in self._matching(selector):
+            days = store._days(self._conn, lo, hi, head, self._stored)
+            if days:
+                values, ok = store._newest(self._conn, sid, refs, lookback_ms, head, days)
+                yield series, values, ok
 
     def summaries(
         self, selector: Selector, start_ms: int, end_ms: int, width_ms: int, *, resets: bool = True

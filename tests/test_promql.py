@@ -206,3 +206,21 @@ def test_query_range_matches_prometheus(peers, query, covers, grid):
         assert sorted(got) == sorted(points), f"{covers}: {metric}: steps differ: {sorted(set(got) ^ set(points))[:5]}"
         wrong = [(t, got[t], v) for t, v in points.items() if not _close(got[t], v)]
         assert not wrong, f"{covers}: {metric}: {len(wrong)} values differ, first (t, roost, prometheus): {wrong[:3]}"
+
+
+def test_buckets_place_each_series_summary_on_the_grid_whatever_its_gaps():
+    """A series whose buckets are one run inside the range (data starting or ending in it) is copied as a block;
+    one with gaps is scattered; both give the grid of `summarize`'s rows with empty buckets around them."""
+    from roost.promql.engine import _EMPTY_BUCKET, _Buckets
+    from roost.store.summaries import summarize
+
+    width, lo = 300_000, 1_700_006_400_000
+    ts = np.arange(lo + 10 * width, lo + 20 * width, 15_000)
+    run = summarize(ts, np.arange(len(ts), dtype=float), width)  # buckets 10..19 of 30
+    gappy = summarize(np.delete(ts, np.s_[40:100]), np.delete(np.arange(len(ts), dtype=float), np.s_[40:100]), width)
+    b = _Buckets([run, gappy], lo, lo + 30 * width, width)
+    for i, summary in enumerate((run, gappy)):
+        expected = np.repeat(_EMPTY_BUCKET, 30, axis=1)
+        expected[:, ((summary.ts - lo) // width).astype(int)] = summary.rows
+        got = np.stack([b.count, b.sum, b.min, b.max, b.first_ts, b.first, b.last_ts, b.last, b.resets])[:, i * 30 : (i + 1) * 30]
+        np.testing.assert_array_equal(got, expected[1:])

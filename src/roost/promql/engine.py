@@ -557,6 +557,12 @@ class _Buckets:
                 grid = rows[:, i * n : (i + 1) * n]
                 if len(s) == n:
                     grid[:] = s.rows
+                    continue
+                first = int(s.ts[0] - lo) // width if len(s) else 0
+                if len(s) and int(s.ts[-1] - s.ts[0]) == (len(s) - 1) * width:  # one run of buckets (data starting
+                    grid[:, :first] = _EMPTY_BUCKET                                # or ending inside the range)
+                    grid[:, first : first + len(s)] = s.rows
+                    grid[:, first + len(s) :] = _EMPTY_BUCKET
                 else:
                     grid[:] = _EMPTY_BUCKET
                     grid[:, ((s.ts - lo) // width).astype(np.intp)] = s.rows

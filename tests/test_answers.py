@@ -172,6 +172,8 @@ def test_history_mark_counts_writes_that_change_stored_history(tmp_path):
         assert store.history_mark(sel) == (0, {sid: 2_000})
         store.write([Reading(s, 3_000, 3.0)])  # in time order
         assert store.history_mark(sel) == (0, {sid: 3_000})
+        store.write([Reading(s, 3_000, 3.0)])  # the newest reading again, as a broker redelivers it
+        assert store.history_mark(sel) == (0, {sid: 3_000})
         store.write([Reading(s, 3_000, 4.0)])  # the newest value replaced
         assert store.history_mark(sel) == (1, {sid: 3_000})
         store.write([Reading(s, 1_500, 4.0)])  # into the past

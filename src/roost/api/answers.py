@@ -4,7 +4,8 @@ Grafana rounds a panel's range to its step, so a dashboard refreshing every 30 s
 `/api/v1/query_range` (query, start, end, step) again until the next step begins, once per panel and viewer.
 An answer is kept with what it was computed from (`Store.history_mark`) and served again only while
 
-- no write has changed stored history since (a sample at or before its series' newest, a retention deletion),
+- no write has changed stored history since (a sample at or before its series' newest, other than that newest
+  reading sent again; a retention deletion),
 - the query matches the same series, and
 - every matching series either has no new samples, or already had samples up to the query's horizon (its end,
   or later with a negative `offset`) when the answer was made: the new ones come after it and change nothing.

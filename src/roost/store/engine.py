@@ -470,7 +470,7 @@ class Store:
         latest = self._latest.get(sid)
         if latest is None or ts_ms > latest[0]:
             self._latest[sid] = (ts_ms, value)
-        else:
+        elif (ts_ms, value) != latest:  # the newest reading again (a QoS 1 redelivery) changes nothing
             self.rewrites += 1
             if ts_ms == latest[0]:
                 self._latest[sid] = (ts_ms, value)

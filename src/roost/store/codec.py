@@ -232,11 +232,10 @@ class Decoded:
         if self.negative_zeros is not None:
             values[self.negative_zeros] = -0.0
 
-
     @property
     def regular(self) -> bool:
         """Timestamps first, first + interval, ...: sample k's time is known without expanding the day."""
-        return self.offsets is None and self.n >= 2
+        return self.offsets is None and self.n >= 2 and self.interval > 0
 
     def values_at(self, k: np.ndarray) -> np.ndarray:
         """The values of samples `k` (indices), bit for bit what `into` writes for them."""

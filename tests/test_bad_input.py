@@ -166,7 +166,7 @@ def test_a_flood_of_distinct_bad_topics_is_counted_in_full_and_logged_within_a_b
     caplog.clear()
     metrics.reject("non_numeric", "another", "home/a/b: value 'warm' is not a number")
     assert [r.getMessage() for r in caplog.records] == [
-        "250 more rejected readings were not logged in the last minute (too many to log; all are counted in "
+        "250 more rejected readings were not logged (over 50 lines a minute; all are counted in "
         "roost_rejected_readings_total)",
         "rejected reading (non_numeric): home/a/b: value 'warm' is not a number",
     ]

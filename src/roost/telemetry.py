@@ -60,8 +60,8 @@ class SelfMetrics:
         start, lines, unlogged = self._log_window
         if now - start >= _REJECT_LOG_INTERVAL_S:
             if unlogged:
-                log.warning("%d more rejected readings were not logged in the last minute (too many to log; all "
-                            "are counted in roost_rejected_readings_total)", unlogged)
+                log.warning("%d more rejected readings were not logged (over %d lines a minute; all are counted in "
+                            "roost_rejected_readings_total)", unlogged, _REJECT_LOG_LINES)
             start, lines, unlogged = now, 0, 0
         if lines >= _REJECT_LOG_LINES:
             self._log_window = (start, lines, unlogged + count)

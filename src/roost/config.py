@@ -40,7 +40,7 @@ from roost.durations import Duration, format_duration_ms, parse_duration_ms
 from roost.export.settings import ExportSettings
 from roost.rules.settings import RulesSettings
 from roost.secret import Secret
-from roost.selector import parse_expr
+from roost.selector import has_offset_or_at, parse_expr
 from roost.sources import SourceSettings
 from roost.things.client import ThingsSettings
 from roost.errors import ConfigError
@@ -95,11 +95,7 @@ def _check_selector(text: str) -> None:
         expr = parse_expr(text)
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"expected {example}, got {_show(text)} ({e})") from None
-    try:
-        plain = isinstance(expr, promql_parser.VectorSelector) and not (expr.offset or expr.at)
-    except OverflowError:  # an offset beyond Python's timedelta
-        plain = False
-    if not plain:
+    if not isinstance(expr, promql_parser.VectorSelector) or has_offset_or_at(expr):
         raise ValueError(f"expected {example}, got {_show(text)} (no functions, operators, ranges, offsets or @)")
 
 

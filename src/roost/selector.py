@@ -34,7 +34,8 @@ def parse_expr(text: str):
         raise ValueError(f"cannot parse it, a duration or number may be out of range ({exc})") from None
 
 
-def _has_offset_or_at(expr) -> bool:
+def has_offset_or_at(expr) -> bool:
+    """Whether a parsed selector has an `offset` or `@` (an offset beyond Python's timedelta counts as one)."""
     try:
         return expr.offset is not None or expr.at is not None
     except OverflowError:  # an offset beyond Python's timedelta
@@ -69,7 +70,7 @@ class Selector:
             expr = parse_expr(text)
         except Exception as exc:  # the parser raises plain ValueError/RuntimeError with its own message
             raise QueryError(f"cannot parse selector {text!r}: {exc}") from None
-        if not isinstance(expr, promql_parser.VectorSelector) or _has_offset_or_at(expr):
+        if not isinstance(expr, promql_parser.VectorSelector) or has_offset_or_at(expr):
             raise QueryError(f"{text!r} is not a plain series selector such as temperature_celsius{{room=\"lounge\"}}")
         try:
             matchers = matchers_of(expr)

@@ -241,8 +241,7 @@ class Decoded:
         """The values of samples `k` (indices), bit for bit what `into` writes for them."""
         if self.x is None:
             return self.values[k]
-        d = self.exponent
-        values = np.divide(self.x[k], 10.0**d) if d >= 0 else np.multiply(self.x[k], 10.0**-d)
+        values = _unscale(self.x[k], self.exponent)
         if self.negative_zeros is not None:
             values[np.isin(k, self.negative_zeros)] = -0.0
         return values

@@ -1061,13 +1061,14 @@ class Store:
 
     def _samples(
         self, conn, sid: int, lo: int, hi: int, head, *, days=None, rows_out: list[Rows] | None = None, step_ms: int = 0,
-        transient: bool = False,
+        transient: bool = False, found: list | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Samples of [lo, hi); `transient`: in this thread's scratch arrays, valid until its next transient read."""
+        """Samples of [lo, hi); `transient`: in this thread's scratch arrays, valid until its next transient read;
+        `found`: `_decoded_chunks` of these days, when the caller has them already."""
         if days is None:
             days = self._days(conn, lo, hi, head)
         ids = [_row_id(d, sid) for d in days]
-        chunks = sorted(self._decoded_chunks(conn, ids), key=lambda c: c[0])
+        chunks = sorted(self._decoded_chunks(conn, ids) if found is None else found, key=lambda c: c[0])
         parts: list[Decoded | tuple[np.ndarray, np.ndarray]] = [chunk for _id, chunk in chunks]
         have = {i for i, _a in chunks}
         missing = [i for i in ids if i not in have]
@@ -1099,20 +1100,21 @@ class Store:
         head_days: set[int] = set()
         for t, _v in head:
             head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
-        found = self._decoded_chunks(conn, [_row_id(d, sid) for d in days if d not in head_days])
+        found = self._decoded_chunks(conn, [_row_id(d, sid) for d in days])  # fetched once, for both kinds of day
         seen: dict[int, int] = defaultdict(int)
         for row_id, _chunk in found:
             seen[row_id] += 1
         regular = {
             row_id >> _SID_BITS: chunk
             for row_id, chunk in found
-            if seen[row_id] == 1 and isinstance(chunk, Decoded) and chunk.regular
+            if seen[row_id] == 1 and isinstance(chunk, Decoded) and chunk.regular and row_id >> _SID_BITS not in head_days
         }
         best_t = np.full(len(refs), _NO_SAMPLE, np.int64)
         best_v = np.zeros(len(refs))
         rest = [d for d in days if d not in regular]
         if rest:
-            ts, values = self._samples(conn, sid, lo, hi, head, days=rest, transient=True)
+            others = [(row_id, chunk) for row_id, chunk in found if row_id >> _SID_BITS not in regular]
+            ts, values = self._samples(conn, sid, lo, hi, head, days=rest, transient=True, found=others)
             if len(ts):
                 idx = np.searchsorted(ts, refs, "right") - 1
                 has = idx >= 0

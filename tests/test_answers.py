@@ -3,6 +3,7 @@ kept or not, equal to one computed afresh from the store."""
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import replace
 
 import aiohttp
@@ -10,7 +11,7 @@ import numpy as np
 
 from conftest import hub_settings
 from roost import promql
-from roost.api.answers import ASKED_KEYS, AnswerCache
+from roost.api.answers import ASKED_KEYS, GZIP_FROM, AnswerCache, Kept, pack
 from roost.api.prometheus import _range_body
 from roost.hub import Hub
 from roost.model import Reading, Series, now_ms
@@ -123,18 +124,13 @@ async def test_with_query_cache_mb_0_every_answer_is_computed(tmp_path):
 
 def test_an_answer_is_kept_from_the_second_time_its_request_comes():
     cache = AnswerCache(max_bytes=1000)
-    mark = (0, {1: 100})
-    cache.put(("q",), mark, horizon=50, body=b"x")
-    assert cache.get(("q",), mark) is None and cache.nbytes == 0
-    cache.put(("q",), mark, horizon=50, body=b"x")
-    assert cache.get(("q",), mark) == b"x"
+    assert not cache.offer(("q",))
+    assert cache.offer(("q",))
     for i in range(ASKED_KEYS + 1):  # one-off requests are forgotten, the oldest first
-        cache.put(("once", i), mark, horizon=50, body=b"y")
-    assert len(cache) == 1
-    cache.put(("once", 0), mark, horizon=50, body=b"y")
-    assert cache.get(("once", 0), mark) is None
-    cache.put(("once", ASKED_KEYS), mark, horizon=50, body=b"y")
-    assert cache.get(("once", ASKED_KEYS), mark) == b"y"
+        assert not cache.offer(("once", i))
+    assert not cache.offer(("once", 0)) and not cache.offer(("q",))
+    assert cache.offer(("once", ASKED_KEYS))
+    assert not AnswerCache(max_bytes=0).offer(("q",)) and not AnswerCache(max_bytes=0).offer(("q",))
 
 
 def test_the_cache_keeps_the_most_recently_used_answers_within_its_budget():
@@ -142,24 +138,53 @@ def test_the_cache_keeps_the_most_recently_used_answers_within_its_budget():
     mark = (0, {1: 100})
 
     def put(key, body):
-        cache.put(key, mark, horizon=50, body=body)
-        cache.put(key, mark, horizon=50, body=body)  # asked twice: kept
+        cache.put(key, mark, horizon=50, kept=Kept(body))
 
     for i in range(5):
         put(("q", i), bytes(240))
     assert len(cache) == 4 and cache.nbytes == 960  # the first went to make room
     assert cache.get(("q", 0), mark) is None
-    assert cache.get(("q", 1), mark) == bytes(240)  # now the most recently used
+    assert cache.get(("q", 1), mark) == Kept(bytes(240))  # now the most recently used
     put(("q", 5), bytes(240))
     assert cache.get(("q", 2), mark) is None and cache.get(("q", 1), mark) is not None
     put(("big",), bytes(251))  # over a quarter of the budget: not kept
     assert cache.get(("big",), mark) is None
     assert cache.get(("q", 1), (1, {1: 100})) is None  # history rewritten: dropped
     assert ("q", 1) not in cache._answers
-    off = AnswerCache(max_bytes=0)
-    off.put(("q",), mark, horizon=50, body=b"x")
-    off.put(("q",), mark, horizon=50, body=b"x")
-    assert len(off) == 0
+
+
+def test_big_answers_are_kept_gzipped():
+    small, big = b"[1]" * 10, b'[[1702591800,"21.5"],' * (GZIP_FROM // 20)
+    assert pack(small) == Kept(small)
+    packed = pack(big)
+    assert packed.gzipped and len(packed.body) < len(big) // 10 and gzip.decompress(packed.body) == big
+
+
+async def test_a_big_answer_is_sent_gzipped_to_clients_that_accept_it_and_unpacked_to_the_others(hub, http):
+    now = now_ms() // MINUTE * MINUTE
+    ts = np.arange(now - 70 * MINUTE, now - 10 * MINUTE + 1, 15_000)
+    for room in range(40):
+        hub.store.write_bulk(Series.of("temperature_celsius", room=f"r{room}"), ts, 20 + np.sin(ts / 1e6 + room).round(2))
+    start, end = (now - 60 * MINUTE) // 1000, (now - 20 * MINUTE) // 1000
+    params = {"query": "temperature_celsius", "start": str(start), "end": str(end), "step": "5"}
+    fresh = _fresh(hub, "temperature_celsius", start, end, 5)
+    assert len(fresh) >= GZIP_FROM
+
+    async def ask(encoding: str) -> tuple[str | None, bytes]:
+        async with http.get("/api/v1/query_range", params=params, headers={"Accept-Encoding": encoding}) as r:
+            assert r.status == 200
+            return r.headers.get("Content-Encoding"), await r.read()  # aiohttp unpacks gzip
+
+    assert await ask("gzip") == (None, fresh)  # computed, not kept yet
+    assert await ask("gzip") == (None, fresh)  # computed, then gzipped for the cache beside the next requests
+    for _ in range(100):
+        if hub.metrics.registry.get_sample_value("roost_query_answers_total", {"origin": "cache"}):
+            break
+        assert await ask("identity") == (None, fresh)
+    assert _origin(hub, "cache") == 1
+    assert await ask("gzip, deflate") == ("gzip", fresh)
+    assert await ask("identity") == (None, fresh)
+    assert _origin(hub, "cache") == 3
 
 
 def test_history_mark_counts_writes_that_change_stored_history(tmp_path):

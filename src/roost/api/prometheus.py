@@ -23,6 +23,7 @@ reading: the hand-over to the thread and back cost more than such a query.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import math
 import time
@@ -40,7 +41,7 @@ from prometheus_client import Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from roost import __version__, promql
-from roost.api.answers import AnswerCache
+from roost.api.answers import GZIP_FROM, AnswerCache, Kept, pack
 from roost.durations import parse_duration_ms
 from roost.errors import RoostError, StoreFullError
 from roost.export.prompb import TooLarge, WireError, decode_write_request
@@ -135,6 +136,18 @@ def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+async def _send_kept(request: web.Request, kept: Kept) -> web.Response:
+    """A kept answer: as kept, or unpacked (off the event loop) for a client that does not accept gzip."""
+    if not kept.gzipped:
+        return _json(kept.body)
+    headers = {"Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=kept.body, content_type="application/json", headers=headers)
+    body = await asyncio.to_thread(gzip.decompress, kept.body)
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
 def _failure(err: PromQLError) -> web.Response:
     body = {"status": "error", "errorType": err.error_type, "error": str(err)}
     return web.Response(body=orjson.dumps(body), status=err.status, content_type="application/json")
@@ -189,6 +202,7 @@ class _PrometheusApi:
         self._published: deque[tuple[float, int]] = deque()
         self._queries = ThreadPoolExecutor(1, thread_name_prefix="roost-promql")
         self._answers = AnswerCache(hub.settings.hub.query_cache_mb * 1024 * 1024)
+        self._packing: dict[tuple, asyncio.Task] = {}  # answers being gzipped for the cache, by request key
         answered = Counter(
             "roost_query_answers", "Range-query answers, by where they came from (cache: an identical request's, still valid).",
             ["origin"], registry=hub.metrics.registry,
@@ -208,6 +222,8 @@ class _PrometheusApi:
         log.info("summaries of %d sealed days prepared in %.0f ms", days, (time.perf_counter() - started) * 1000)
 
     async def close(self, _app: web.Application) -> None:
+        for task in list(self._packing.values()):
+            task.cancel()
         self._queries.shutdown(wait=False, cancel_futures=True)
 
     async def _answer(self, node: promql.ast.Node, start: int, end: int, answer: Callable[[ReadView], bytes]) -> bytes:
@@ -250,21 +266,32 @@ class _PrometheusApi:
             selections = list(promql.selections(node))
             key = (query, start, end, step)
             mark = self.hub.store.history_mark(vs.selector for vs, _back_ms in selections)
-            body = self._answers.get(key, mark)
-            if body is not None:
+            kept = self._answers.get(key, mark)
+            if kept is not None:
                 self._from_cache.inc()
-                return _json(body)
+                return await _send_kept(request, kept)
 
             def answer(view: ReadView) -> bytes:
                 return _range_body(promql.Evaluator(view, start, end, step).eval(node), start, end, step)
 
             body = await self._answer(node, start, end, answer)
             self._from_store.inc()
-            # what it read reaches `end` (later with a negative offset)
-            self._answers.put(key, mark, max((end - vs.offset_ms for vs, _back in selections), default=end), body)
+            if self._answers.offer(key) and key not in self._packing:
+                # what it read reaches `end` (later with a negative offset)
+                horizon = max((end - vs.offset_ms for vs, _back in selections), default=end)
+                if len(body) < GZIP_FROM:
+                    self._answers.put(key, mark, horizon, Kept(body))
+                else:  # gzipped beside the next requests, not before this one is sent
+                    self._packing[key] = asyncio.create_task(self._keep_packed(key, mark, horizon, body))
             return _json(body)
         except PromQLError as err:
             return _failure(err)
+
+    async def _keep_packed(self, key: tuple, mark, horizon: int, body: bytes) -> None:
+        try:
+            self._answers.put(key, mark, horizon, await asyncio.to_thread(pack, body))
+        finally:
+            del self._packing[key]
 
     # ------------------------------------------------------------------ metadata
 

@@ -17,6 +17,7 @@ from roost.errors import StoreError
 from roost.model import Reading, Series, now_ms
 from roost.selector import Selector
 from roost.store import DAY_MS, RetentionRule, Store, StoreOptions
+from roost.store.codec import unscale
 from roost.store.summaries import COUNT, LAST, summarize
 from roost.store.wal import segment_path
 
@@ -518,19 +519,25 @@ def test_a_query_reads_samples_instead_of_summaries_the_store_could_not_keep(tmp
         assert asked == []
 
 
-def test_newest_sample_at_each_step_is_the_one_a_full_read_finds(tmp_path):
-    """`ReadView.newest` indexes regular days without expanding them; it must agree with searching what `read`
-    returns, for regular and irregular days, head samples written into a sealed day, -0.0, whole-float values and
-    steps before, across and after the data."""
+def test_samples_answer_as_the_expanded_read_does(tmp_path):
+    """`ReadView.samples` leaves regular days compact and finds windows, values and counter resets by arithmetic;
+    every answer must be what the arrays `read` returns give: for regular and irregular days, head samples written
+    into a sealed day, -0.0, whole-float and undecimal values, a counter with resets inside days and across a
+    day's edge, and ranges that start and end inside days."""
     rng = np.random.default_rng(11)
     day = DAY_MS
     regular = np.arange(T0, T0 + 3 * day, 15_000)
     irregular = np.sort(rng.choice(np.arange(T0 + 3 * day, T0 + 4 * day, 1_000), 3_000, replace=False))
+    counter = np.cumsum(rng.integers(0, 5, len(regular))) / 1000
+    counter[len(counter) // 3 + 17 :] -= counter[len(counter) // 3 + 17]  # a reset inside day 2
+    counter[5760:] += 0.5  # ... and values that step up at day 2's start, then
+    counter[2 * 5760] = 0.0  # one that drops to zero just as day 3 begins
     cases = {
         Series.of("t", room="regular"): (regular, np.round(rng.normal(20, 2, len(regular)), 2)),
         Series.of("t", room="floats"): (regular, rng.normal(0, 1, len(regular))),  # no decimal scale
         Series.of("t", room="zeros"): (regular, np.where(rng.random(len(regular)) < 0.3, -0.0, 1.5)),
         Series.of("t", room="mixed"): (np.concatenate([regular, irregular]), np.round(rng.uniform(0, 9, len(regular) + len(irregular)), 1)),
+        Series.of("t", room="counter"): (regular, np.round(counter, 3)),
     }
     with Store.open(tmp_path / "d", StoreOptions(fsync=False), writer=True) as s:
         for series, (ts, values) in cases.items():
@@ -539,23 +546,37 @@ def test_newest_sample_at_each_step_is_the_one_a_full_read_finds(tmp_path):
         late = Series.of("t", room="regular")
         s.write([Reading(late, T0 + day + 7_000, 99.0), Reading(late, T0 + 4 * day + 60_000, 5.0)])
         selector = Selector.parse("t")
-        for start, step in ((T0 - 600_000, 600_000), (T0 + 200_000, 60_000), (T0 + day - 30_000, 7_000)):
-            refs = np.arange(start, min(start + 1_100 * step, T0 + 5 * day), step, dtype=np.int64)
+        for lo, hi in ((T0 - 600_000, T0 + 5 * day), (T0 + 200_001, T0 + 2 * day + 7), (T0 + day - 30_000, T0 + 3 * day + 99_999)):
             view = s.read_view([selector])
 
-            def both(v):
-                expected = {}
-                for data in v.read(selector, int(refs[0]) - 300_000, int(refs[-1]) + 1):
-                    idx = np.searchsorted(data.ts, refs, "right") - 1
-                    safe = np.maximum(idx, 0)
-                    ok = (idx >= 0) & (data.ts[safe] >= refs - 300_000)
-                    expected[data.series] = (data.values[safe][ok], ok)
-                got = {series: (values[ok], ok) for series, values, ok in v.newest(selector, refs, 300_000)}
-                return expected, got
+            def check(v):
+                expected = {data.series: (data.ts.copy(), data.values.copy()) for data in v.read(selector, lo, hi)}
+                checked = 0
+                for series, samples in v.samples(selector, lo, hi):
+                    ts, values = expected.pop(series)
+                    got_ts, got_values = samples.arrays()
+                    np.testing.assert_array_equal(got_ts, ts)
+                    assert got_values.tobytes() == values.tobytes(), series  # bit for bit, -0.0 included
+                    assert samples.values().tobytes() == values.tobytes(), series
+                    times = np.sort(rng.integers(lo - 60_000, hi + 60_000, 2_000))
+                    times[::50] = ts[rng.integers(0, len(ts), len(times[::50]))]  # on samples, too
+                    times.sort()
+                    for side in ("left", "right"):
+                        np.testing.assert_array_equal(samples.index(times, side), np.searchsorted(ts, times, side))
+                    for k in (np.sort(rng.integers(0, len(ts), 500)), rng.integers(0, len(ts), 500)):
+                        at_ts, at_values = samples.at(k)
+                        np.testing.assert_array_equal(at_ts, ts[k])
+                        assert at_values.tobytes() == values[k].tobytes()
+                    if samples.scaled() is not None:
+                        assert unscale(*samples.scaled()).tobytes() == values.tobytes()
+                        scaled.add(series)
+                    where, lost = samples.drops()
+                    fell = np.flatnonzero(values[1:] < values[:-1]) + 1
+                    np.testing.assert_array_equal(where, fell)
+                    np.testing.assert_array_equal(lost, values[fell - 1])
+                    checked += 1
+                assert not expected and checked == len(cases)
 
-            expected, got = view.run(both)
-            assert expected.keys() <= got.keys() and expected
-            for series, (values, ok) in got.items():
-                want_values, want_ok = expected.get(series, (np.empty(0), np.zeros(len(refs), bool)))
-                np.testing.assert_array_equal(ok, want_ok, err_msg=str(series))
-                assert values.tobytes() == want_values.tobytes(), series  # bit for bit, -0.0 included
+            scaled: set[Series] = set()
+            view.run(check)
+            assert Series.of("t", room="counter") in scaled and Series.of("t", room="floats") not in scaled

@@ -426,7 +426,12 @@ def _range_body(result, start: int, end: int, step: int) -> bytes:
     for i, lb in enumerate(result.labels):
         idx = np.flatnonzero(result.present[i])
         if len(idx):
-            own = heads if len(idx) == len(heads) else list(map(heads.__getitem__, idx.tolist()))
+            if len(idx) == len(heads):
+                own = heads
+            elif idx[-1] - idx[0] + 1 == len(idx):  # one run of steps, as where a series starts or ends in the range
+                own = heads[idx[0] : idx[-1] + 1]
+            else:
+                own = list(map(heads.__getitem__, idx.tolist()))
             points = _points(own, result.values[i, idx])
             parts.append(b'{"metric":%s,"values":%s}' % (orjson.dumps(_metric(lb)), points))
     return b'{"status":"success","data":{"resultType":"matrix","result":[%s]}}' % b",".join(parts)

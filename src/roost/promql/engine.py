@@ -32,7 +32,8 @@ from roost.model import Series
 from roost.promql import ast
 from roost.promql.errors import BadData, ExecutionError
 from roost.selector import Selector
-from roost.store import WIDTHS_MS, SeriesData, Summary
+from roost.store import WIDTHS_MS, Samples, Summary
+from roost.store.codec import unscale
 
 LOOKBACK_MS = 5 * 60_000
 MAX_STEPS = 11_000  # Prometheus' limit of points per series in one range query
@@ -44,19 +45,15 @@ Labels = tuple[tuple[str, str], ...]  # sorted, with ("__name__", metric) while 
 class Source(Protocol):
     """What a query reads: `roost.store.ReadView`."""
 
-    def read(self, selector: Selector, start_ms: int, end_ms: int, *, transient: bool = False) -> Iterable[SeriesData]:
-        """Raw samples with start_ms <= ts < end_ms of every matching series (`transient`: arrays valid only until
-        the next series is asked for)."""
+    def samples(self, selector: Selector, start_ms: int, end_ms: int) -> Iterable[tuple[Series, Samples]]:
+        """Raw samples with start_ms <= ts < end_ms of every matching series, each valid only until the next
+        series is asked for."""
 
     def summaries(
         self, selector: Selector, start_ms: int, end_ms: int, width_ms: int, *, resets: bool = True
     ) -> Iterable[tuple[Series, Summary]]:
         """Summaries of the buckets of `width_ms` in [start_ms, end_ms) of every matching series (`resets`: whether
         the caller reads their counter resets)."""
-
-    def newest(self, selector: Selector, refs: np.ndarray, lookback_ms: int) -> Iterable[tuple[Series, np.ndarray, np.ndarray]]:
-        """For every matching series: at each time of `refs` (sorted), the value of the newest sample in
-        [ref - lookback_ms, ref], and whether there is one."""
 
     def summaries_fit(self, selector: Selector, start_ms: int, end_ms: int, width_ms: int) -> bool:
         """Whether reading summaries is the cheaper way: false where they would be made again from the samples
@@ -152,10 +149,10 @@ class Evaluator:
 
     # ------------------------------------------------------------------ selectors
 
-    def _samples(self, vs: ast.VectorSelector, back_ms: int) -> Iterable[SeriesData]:
+    def _samples(self, vs: ast.VectorSelector, back_ms: int) -> Iterable[tuple[Series, Samples]]:
         lo = int(self.steps[0]) - vs.offset_ms - back_ms
         hi = int(self.steps[-1]) - vs.offset_ms
-        return self.source.read(vs.selector, lo, hi + 1, transient=True)  # every caller copies what it keeps
+        return self.source.samples(vs.selector, lo, hi + 1)  # every caller copies what it keeps
 
     def _width(self, vs: ast.VectorSelector, range_ms: int) -> int | None:
         """The widest summary width that the steps, `range_ms` and the offset are whole multiples of, if any, and
@@ -203,7 +200,10 @@ class Evaluator:
             series, values, ok = self._bucketed(vs, width, width, newest)
             return _compact(Vector([series_labels(x) for x in series], values, ok))
         labels, rows, masks = [], [], []
-        for series, values, ok in self.source.newest(vs.selector, ref, LOOKBACK_MS):
+        for series, samples in self._samples(vs, LOOKBACK_MS):
+            k = samples.index(ref, "right") - 1  # each step's newest sample, if it is in [t - 5m, t]
+            t, values = samples.at(np.maximum(k, 0))
+            ok = (k >= 0) & (t >= ref - LOOKBACK_MS)
             if ok.any():
                 labels.append(series_labels(series))
                 rows.append(values)
@@ -213,10 +213,10 @@ class Evaluator:
     def _raw_matrix(self, ms: ast.MatrixSelector) -> RawMatrix:
         t = int(self.steps[-1]) - ms.vector.offset_ms
         out = []
-        for data in self._samples(ms.vector, ms.range_ms):
-            keep = (data.ts >= t - ms.range_ms) & (data.ts <= t)
-            if keep.any():
-                out.append((series_labels(data.series), data.ts[keep], data.values[keep]))
+        for series, samples in self._samples(ms.vector, ms.range_ms):
+            (lo,), (hi,) = _windows(samples, np.array([t]), ms.range_ms)
+            if hi > lo:
+                out.append((series_labels(series), *samples.at(np.arange(lo, hi))))
         return RawMatrix(out)
 
     # ------------------------------------------------------------------ range functions
@@ -235,10 +235,10 @@ class Evaluator:
             vec = _compact(Vector(labels, values, ok))
         else:
             labels, rows, masks = [], [], []
-            for data in self._samples(ms.vector, ms.range_ms):
-                values, ok = _RANGE[call.func](data.ts, data.values, *_windows(data.ts, ref, ms.range_ms), ref, ms.range_ms)
+            for series, samples in self._samples(ms.vector, ms.range_ms):
+                values, ok = _RANGE[call.func](samples, *_windows(samples, ref, ms.range_ms), ref, ms.range_ms)
                 if ok.any():
-                    lb = series_labels(data.series)
+                    lb = series_labels(series)
                     labels.append(lb if keep_name else _drop_name(lb))
                     rows.append(values)
                     masks.append(ok)
@@ -429,25 +429,28 @@ def _sparse_window_sum(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndar
     return np.where(n_hi > n_lo, _window_reduce(np.add, a[nonzero], n_lo, n_hi), 0.0)
 
 
-def _windows(ts: np.ndarray, ref: np.ndarray, range_ms: int) -> tuple[np.ndarray, np.ndarray]:
+def _windows(samples: Samples, ref: np.ndarray, range_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample index bounds [lo, hi) of every window [t - range, t], closed on the left as in Prometheus 2.x."""
-    return np.searchsorted(ts, ref - range_ms, "left"), np.searchsorted(ts, ref, "right")
+    return samples.index(ref - range_ms, "left"), samples.index(ref, "right")
 
 
 def _over_time(kind: str):
-    def fn(ts, v, lo, hi, _ref, _range):
+    def fn(s: Samples, lo, hi, _ref, _range):
         n = hi - lo
         ok = n > 0
-        if not len(v):
+        if not s.n:
             return np.zeros(len(lo)), ok
         if kind == "count":
             return n.astype(np.float64), ok
         if kind == "last":
-            return v[np.maximum(hi - 1, 0)], ok
-        if kind == "min":
-            return _window_reduce(np.minimum, v, lo, hi), ok
-        if kind == "max":
-            return _window_reduce(np.maximum, v, lo, hi), ok
+            return s.at(np.maximum(hi - 1, 0))[1], ok
+        if kind in ("min", "max"):
+            ufunc = np.minimum if kind == "min" else np.maximum
+            scaled = s.scaled()  # on a decimal meter's integers: the same answer for a quarter of the memory
+            if scaled is not None:
+                return unscale(_window_reduce(ufunc, scaled[0], lo, hi), scaled[1]), ok
+            return _window_reduce(ufunc, s.values(), lo, hi), ok
+        v = s.values()
         total = _window_reduce(np.add, v, lo, hi)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (total / n if kind == "avg" else total), ok
@@ -479,41 +482,42 @@ def _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms: int, is_cou
 def _extrapolated_rate(is_counter: bool, is_rate: bool):
     """Prometheus' extrapolatedRate over raw samples, for every step at once."""
 
-    def fn(ts, v, lo, hi, ref, range_ms):
+    def fn(s: Samples, lo, hi, ref, range_ms):
         n = hi - lo
         ok = n >= 2
         out = np.zeros(len(lo))
         if not ok.any():
             return out, ok
         lo, hi, n, ref = lo[ok], hi[ok], n[ok], ref[ok]
-        first_v = v[lo]
-        result = v[hi - 1] - first_v
+        t, v = s.at(np.concatenate([lo, hi - 1]))
+        first_t, last_t, first_v, last_v = t[: len(lo)], t[len(lo) :], v[: len(lo)], v[len(lo) :]
+        result = last_v - first_v
         if is_counter:
             # a drop between consecutive samples is a reset: the counter restarted from zero, so the value
             # before it is added back (the sum over each window's resets, as `_sparse_window_sum` adds them)
-            fell = np.flatnonzero(v[1:] < v[:-1])
-            lost = v[fell]
-            at = fell[lost != 0] + 1
-            lost = lost[lost != 0]
+            at, lost = s.drops()
+            at, lost = at[lost != 0], lost[lost != 0]
             added = np.zeros(len(lo))
             if len(at):
                 n_lo, n_hi = np.searchsorted(at, lo + 1), np.searchsorted(at, hi)
                 added = np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
             result = result + added
-        out[ok] = _extrapolate(result, ts[lo], ts[hi - 1], first_v, n, ref, range_ms, is_counter, is_rate)
+        out[ok] = _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms, is_counter, is_rate)
         return out, ok
 
     return fn
 
 
-def _irate(ts, v, lo, hi, _ref, _range):
+def _irate(s: Samples, lo, hi, _ref, _range):
     ok = hi - lo >= 2
     out = np.zeros(len(lo))
     if not ok.any():
         return out, ok
-    last, prev = hi[ok] - 1, hi[ok] - 2
-    result = np.where(v[last] < v[prev], v[last], v[last] - v[prev])
-    interval = ts[last] - ts[prev]
+    t, v = s.at(np.concatenate([hi[ok] - 1, hi[ok] - 2]))
+    half = len(t) // 2
+    last_t, last, prev_t, prev = t[:half], v[:half], t[half:], v[half:]
+    result = np.where(last < prev, last, last - prev)
+    interval = last_t - prev_t
     good = interval != 0
     with np.errstate(invalid="ignore", divide="ignore"):
         out[ok] = result / (interval / 1000)

@@ -13,6 +13,7 @@ from roost.store.engine import (
     WriteResult,
     merge_samples,
 )
+from roost.store.samples import Samples
 from roost.store.summaries import WIDTHS_MS, Summary
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ReadView",
     "Refusal",
     "RetentionRule",
+    "Samples",
     "SeriesData",
     "Store",
     "StoreOptions",

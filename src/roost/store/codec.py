@@ -29,7 +29,7 @@ as integers, see below)::
                decimal schemes deltas of the indices of -0.0          z (if z > 0)
 
 Decimal schemes code x = round(v * 10**d) for the smallest d in -9..9 with
-which `_unscale` gives every value back bit for bit; -0.0 scales to 0 and is
+which `unscale` gives every value back bit for bit; -0.0 scales to 0 and is
 restored from its index list. Anything else (0.1 + 0.2, NaN) goes RAW or
 RAW_XOR. Signed streams are zigzagged, cut to the narrowest width and stored as
 byte planes, which zstd's Huffman stage codes well. TREND knots sit every 2**b
@@ -171,11 +171,11 @@ class Decoded:
 
     Regular timestamps are kept as (first, interval), others as int32 offsets from the first (a day of
     milliseconds fits); decimal values as their scaled integers in the narrowest type that holds them (a day of
-    temperatures in centidegrees is int16: 2 bytes a sample instead of 16), expanded by the same `_unscale`
+    temperatures in centidegrees is int16: 2 bytes a sample instead of 16), expanded by the same `unscale`
     the decoder uses, so the floats are bit for bit the same.
     """
 
-    __slots__ = ("n", "first", "interval", "offsets", "x", "exponent", "negative_zeros", "values", "nbytes")
+    __slots__ = ("n", "first", "interval", "offsets", "x", "exponent", "negative_zeros", "values", "nbytes", "_drops")
 
     def __init__(self, blob: bytes):
         chunk = _parse(blob)
@@ -190,7 +190,7 @@ class Decoded:
                 self.offsets = (ts - self.first).astype(np.int32)
             else:  # not one day's span (the codec takes any int64 timestamps)
                 self.offsets = ts
-        self.x = self.values = self.negative_zeros = None
+        self.x = self.values = self.negative_zeros = self._drops = None
         self.exponent = chunk.exponent
         if chunk.exponent is None or chunk.n == 0:
             self.values = chunk.values()
@@ -220,28 +220,47 @@ class Decoded:
         else:
             np.multiply(_counting(self.n), np.int64(self.interval), out=ts)
             ts += self.first
+        self.values_into(values)
+
+    def values_into(self, values: np.ndarray, start: int = 0) -> None:
+        """Only the values of samples start, start + 1, ... (as many as `values` holds), as `into` writes them."""
+        end = start + len(values)
         if self.x is None:
-            values[:] = self.values
+            values[:] = self.values[start:end]
             return
         d = self.exponent
-        # As `_unscale`: exact integers in float64, then one correctly rounded division (or multiplication).
+        # As `unscale`: exact integers in float64, then one correctly rounded division (or multiplication).
         if d >= 0:
-            np.divide(self.x, 10.0**d, out=values)
+            np.divide(self.x[start:end], 10.0**d, out=values)
         else:
-            np.multiply(self.x, 10.0**-d, out=values)
+            np.multiply(self.x[start:end], 10.0**-d, out=values)
         if self.negative_zeros is not None:
-            values[self.negative_zeros] = -0.0
+            zeros = self.negative_zeros
+            if start or end < self.n:
+                zeros = zeros[(zeros >= start) & (zeros < end)] - start
+            values[zeros] = -0.0
 
     @property
     def regular(self) -> bool:
         """Timestamps first, first + interval, ...: sample k's time is known without expanding the day."""
         return self.offsets is None and self.n >= 2 and self.interval > 0
 
+    def drops(self) -> np.ndarray:
+        """Indices k where sample k's value is below sample k-1's (a counter's resets), made once per chunk: a
+        counter's day usually has none, so a rate over it needs no pass over its values."""
+        drops = self._drops
+        if drops is None:
+            x = self.x if self.x is not None else self.values
+            drops = np.flatnonzero(x[1:] < x[:-1]) + 1  # scaled integers compare as their values do
+            drops.setflags(write=False)
+            self._drops = drops
+        return drops
+
     def values_at(self, k: np.ndarray) -> np.ndarray:
         """The values of samples `k` (indices), bit for bit what `into` writes for them."""
         if self.x is None:
             return self.values[k]
-        values = _unscale(self.x[k], self.exponent)
+        values = unscale(self.x[k], self.exponent)
         if self.negative_zeros is not None:
             values[np.isin(k, self.negative_zeros)] = -0.0
         return values
@@ -348,7 +367,7 @@ def _sparse(params: bytearray, x: np.ndarray, dx: np.ndarray, zeros: list[np.nda
 
 
 def _decimal_scale(values: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
-    """The smallest exponent d and integers x with `_unscale(x, d)` bit-identical to values,
+    """The smallest exponent d and integers x with `unscale(x, d)` bit-identical to values,
     and the indices of the -0.0 among them (which scale to 0 and come back as +0.0)."""
     negative_zeros = np.flatnonzero(values.view(np.int64) == _NEGATIVE_ZERO)
     values = values + 0.0  # -0.0 + 0.0 is +0.0; everything else is unchanged
@@ -374,12 +393,12 @@ def _scaled_exactly(values: np.ndarray, bits: np.ndarray, d: int) -> np.ndarray 
     if not np.all(np.abs(scaled) < _MAX_SCALED):  # also false for NaN and inf
         return None
     x = scaled.astype(np.int64)
-    if not np.array_equal(_unscale(x, d).view(np.int64), bits):
+    if not np.array_equal(unscale(x, d).view(np.int64), bits):
         return None
     return x
 
 
-def _unscale(x: np.ndarray, d: int) -> np.ndarray:
+def unscale(x: np.ndarray, d: int) -> np.ndarray:
     # Division, not multiplication by 10**-d: 2127 / 100 is the double nearest to
     # 21.27 (IEEE division rounds correctly), 2127 * 0.01 is not always.
     floats = x.astype(np.float64)
@@ -494,7 +513,7 @@ class _Chunk:
             return self._stream(1).view(np.float64)
         if self.scheme == RAW_XOR:
             return np.bitwise_xor.accumulate(self._stream(1)).view(np.float64)
-        values = _unscale(_scaled(self), self.exponent)
+        values = unscale(_scaled(self), self.exponent)
         if self.negative_zeros:
             values[self._negative_zero_indices()] = -0.0
         return values

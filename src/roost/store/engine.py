@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from roost.selector import Selector
 from roost.store import wal
 from roost.store.blocks import BLOCK_DAYS, Extras, decode_block, decode_rows, encode_rows, keep_resets
 from roost.store.codec import Decoded, decode_chunk, encode_chunk
+from roost.store.samples import Samples
 from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, bucketize, rollup_samples
 from roost.store.segments import ChunkMoved, DataFiles
 from roost.store.summaries import FIELDS as SUMMARY_FIELDS
@@ -212,8 +214,8 @@ def _hourly(ts: np.ndarray, values: np.ndarray) -> tuple[Rows, Extras]:
 # A sealed chunk's location (file, offset, length) and its 5-minute summary, made where the samples were at hand
 _SealedSummary = tuple[tuple[int, int, int], Summary]
 
+_SERIES_PER_FETCH = 64  # `ReadView.samples`: series whose chunks are looked up together (and held at once)
 _SCRATCH_SAMPLES = 1 << 20  # 16 MB of ts and values kept per query thread for transient reads
-_NO_SAMPLE = np.iinfo(np.int64).min  # `_newest`: no sample at or before that step
 
 
 def _gather(
@@ -1089,18 +1091,13 @@ class Store:
         lo_i, hi_i = np.searchsorted(ts, [lo, hi])
         return ts[lo_i:hi_i], values[lo_i:hi_i]
 
-    def _newest(
-        self, conn, sid: int, refs: np.ndarray, lookback_ms: int, head, days
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """For every time in `refs` (sorted): the value of the newest sample in [ref - lookback_ms, ref], and
-        whether there is one — what an instant selector reads at each step. A day held as one regular chunk (no
-        head samples or open chunk beside it) is indexed by arithmetic on its timestamps, without expanding its
-        samples; the other days are read as `_samples` reads them."""
-        lo, hi = int(refs[0]) - lookback_ms, int(refs[-1]) + 1
+    def _pieces(self, conn, sid: int, lo: int, hi: int, head, days, found: list) -> Samples:
+        """The samples of [lo, hi) as `Samples`, from `found`, the `_decoded_chunks` of `days`: a day held as one
+        regular chunk (no head samples or open chunk beside it) stays compact, the other days are read as
+        `_samples` reads them (in this thread's scratch arrays: use them before the next read)."""
         head_days: set[int] = set()
         for t, _v in head:
             head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
-        found = self._decoded_chunks(conn, [_row_id(d, sid) for d in days])  # fetched once, for both kinds of day
         seen: dict[int, int] = defaultdict(int)
         for row_id, _chunk in found:
             seen[row_id] += 1
@@ -1109,34 +1106,26 @@ class Store:
             for row_id, chunk in found
             if seen[row_id] == 1 and isinstance(chunk, Decoded) and chunk.regular and row_id >> _SID_BITS not in head_days
         }
-        best_t = np.full(len(refs), _NO_SAMPLE, np.int64)
-        best_v = np.zeros(len(refs))
+        runs = []
+        for day in sorted(regular):
+            chunk = regular[day]  # samples k0 <= k < k1 lie in [lo, hi)
+            k0 = max(0, -((chunk.first - lo) // chunk.interval))
+            k1 = min(chunk.n, -((chunk.first - hi) // chunk.interval))
+            runs.append((chunk, k0, k1))
         rest = [d for d in days if d not in regular]
-        if rest:
-            others = [(row_id, chunk) for row_id, chunk in found if row_id >> _SID_BITS not in regular]
-            ts, values = self._samples(conn, sid, lo, hi, head, days=rest, transient=True, found=others)
-            if len(ts):
-                idx = np.searchsorted(ts, refs, "right") - 1
-                has = idx >= 0
-                safe = np.maximum(idx, 0)
-                best_t = np.where(has, ts[safe], _NO_SAMPLE)
-                best_v = np.where(has, values[safe], 0.0)
-        if regular:  # each step's newest sample among these is in the last of them that starts at or before it
-            chunks = [regular[d] for d in sorted(regular)]
-            firsts = np.array([c.first for c in chunks], np.int64)
-            intervals = np.array([c.interval for c in chunks], np.int64)
-            j = np.searchsorted(firsts, refs, "right") - 1  # nondecreasing: each chunk has a run of steps
-            day = np.maximum(j, 0)
-            k = np.minimum((refs - firsts[day]) // intervals[day], np.array([c.n - 1 for c in chunks])[day])
-            t = firsts[day] + k * intervals[day]
-            values = np.empty(len(refs))
-            runs = np.searchsorted(j, np.arange(len(chunks) + 1))
-            for chunk, a, b in zip(chunks, runs[:-1], runs[1:]):
-                if a < b:
-                    values[a:b] = chunk.values_at(k[a:b])
-            newer = (j >= 0) & (t > best_t)
-            best_t, best_v = np.where(newer, t, best_t), np.where(newer, values, best_v)
-        return best_v, (best_t != _NO_SAMPLE) & (best_t >= refs - lookback_ms)
+        if not rest:
+            return Samples(runs)
+        others = [(row_id, chunk) for row_id, chunk in found if row_id >> _SID_BITS not in regular]
+        ts, values = self._samples(conn, sid, lo, hi, head, days=rest, transient=True, found=others)
+        if not runs:
+            return Samples([(ts, values)])
+        # the other days' samples, cut where each regular day begins, between them in time order
+        cuts = np.searchsorted(ts, [chunk.first for chunk, _k0, _k1 in runs]).tolist()
+        parts: list = []
+        for (begin, end), run in zip(zip([0, *cuts], cuts), runs):
+            parts += [(ts[begin:end], values[begin:end]), run]
+        parts.append((ts[cuts[-1]:], values[cuts[-1]:]))
+        return Samples(parts)
 
     # ----------------------------------------------------------------- reads in a worker thread (PromQL)
 
@@ -1539,16 +1528,22 @@ class ReadView:
             if len(ts):
                 yield SeriesData(series, ts, values)
 
-    def newest(self, selector: Selector, refs: np.ndarray, lookback_ms: int) -> Iterator[tuple[Series, np.ndarray, np.ndarray]]:
-        """For every matching series: at each time of `refs` (sorted), the value of the newest sample in
-        [ref - lookback_ms, ref] and whether there is one (`Store._newest`)."""
-        store = self._store
-        lo, hi = int(refs[0]) - lookback_ms, int(refs[-1]) + 1
-        for sid, series, head in self._matching(selector):
-            days = store._days(self._conn, lo, hi, head, self._stored)
-            if days:
-                values, ok = store._newest(self._conn, sid, refs, lookback_ms, head, days)
-                yield series, values, ok
+    def samples(self, selector: Selector, start_ms: int, end_ms: int) -> Iterator[tuple[Series, Samples]]:
+        """As `read`, with days stored at a regular interval left compact (samples.py); each series' `Samples`
+        is valid until the next is asked for."""
+        store, conn = self._store, self._conn
+        matching = iter(self._matching(selector))
+        # the chunks of a batch of series in a few statements (not two per series)
+        while batch := list(itertools.islice(matching, _SERIES_PER_FETCH)):
+            wanted = [(sid, series, head, store._days(conn, start_ms, end_ms, head, self._stored)) for sid, series, head in batch]
+            found: dict[int, list] = defaultdict(list)
+            for row_id, chunk in store._decoded_chunks(conn, [_row_id(d, sid) for sid, _s, _h, days in wanted for d in days]):
+                found[row_id & _SID_MASK].append((row_id, chunk))
+            for sid, series, head, days in wanted:
+                if days:
+                    samples = store._pieces(conn, sid, start_ms, end_ms, head, days, found[sid])
+                    if samples.n:
+                        yield series, samples
 
     def summaries(
         self, selector: Selector, start_ms: int, end_ms: int, width_ms: int, *, resets: bool = True

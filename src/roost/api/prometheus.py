@@ -265,8 +265,9 @@ class _PrometheusApi:
             node = promql.parse(query)
             selections = list(promql.selections(node))
             key = (query, start, end, step)
-            mark = self.hub.store.history_mark(vs.selector for vs, _back_ms in selections)
-            kept = self._answers.get(key, mark)
+            caching = self._answers.max_bytes > 0
+            mark = self.hub.store.history_mark(vs.selector for vs, _back_ms in selections) if caching else None
+            kept = self._answers.get(key, mark) if caching else None
             if kept is not None:
                 self._from_cache.inc()
                 return await _send_kept(request, kept)
@@ -276,7 +277,7 @@ class _PrometheusApi:
 
             body = await self._answer(node, start, end, answer)
             self._from_store.inc()
-            if self._answers.offer(key) and key not in self._packing:
+            if caching and self._answers.offer(key) and key not in self._packing:
                 # what it read reaches `end` (later with a negative offset)
                 horizon = max((end - vs.offset_ms for vs, _back in selections), default=end)
                 if len(body) < GZIP_FROM:

@@ -242,7 +242,14 @@ class Evaluator:
                     labels.append(lb if keep_name else _drop_name(lb))
                     rows.append(values)
                     masks.append(ok)
-            vec = _stack(labels, rows, masks, len(self.steps))
+            if call.func in _EXTRAPOLATED and rows:  # for every series at once: a few calls, not a few per series
+                present = np.vstack(masks)
+                is_counter, is_rate = _EXTRAPOLATED[call.func]
+                with np.errstate(all="ignore"):  # steps without two samples give garbage, dropped here
+                    values = _extrapolate(*np.stack(rows, axis=1), ref, ms.range_ms, is_counter, is_rate)
+                vec = Vector(labels, np.where(present, values, 0.0), present)
+            else:
+                vec = _stack(labels, rows, masks, len(self.steps))
         if len(set(vec.labels)) != len(vec.labels):
             raise ExecutionError("vector cannot contain metrics with the same labelset")
         return vec
@@ -479,30 +486,29 @@ def _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms: int, is_cou
     return result * factor
 
 
-def _extrapolated_rate(is_counter: bool, is_rate: bool):
-    """Prometheus' extrapolatedRate over raw samples, for every step at once."""
+def _rate_inputs(is_counter: bool):
+    """What Prometheus' extrapolatedRate needs of each window of raw samples, as rows (increase, first_t, last_t,
+    first_v, n), counter resets added back; `_extrapolate` finishes them for all series at once."""
 
-    def fn(s: Samples, lo, hi, ref, range_ms):
+    def fn(s: Samples, lo, hi, _ref, _range):
         n = hi - lo
         ok = n >= 2
-        out = np.zeros(len(lo))
+        out = np.zeros((5, len(lo)))
         if not ok.any():
             return out, ok
-        lo, hi, n, ref = lo[ok], hi[ok], n[ok], ref[ok]
+        lo, hi = lo[ok], hi[ok]
         t, v = s.at(np.concatenate([lo, hi - 1]))
-        first_t, last_t, first_v, last_v = t[: len(lo)], t[len(lo) :], v[: len(lo)], v[len(lo) :]
-        result = last_v - first_v
+        first_v = v[: len(lo)]
+        result = v[len(lo) :] - first_v
         if is_counter:
             # a drop between consecutive samples is a reset: the counter restarted from zero, so the value
             # before it is added back (the sum over each window's resets, as `_sparse_window_sum` adds them)
             at, lost = s.drops()
             at, lost = at[lost != 0], lost[lost != 0]
-            added = np.zeros(len(lo))
             if len(at):
                 n_lo, n_hi = np.searchsorted(at, lo + 1), np.searchsorted(at, hi)
-                added = np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
-            result = result + added
-        out[ok] = _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms, is_counter, is_rate)
+                result += np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
+        out[0, ok], out[1, ok], out[2, ok], out[3, ok], out[4, ok] = result, t[: len(lo)], t[len(lo) :], first_v, n[ok]
         return out, ok
 
     return fn
@@ -525,10 +531,11 @@ def _irate(s: Samples, lo, hi, _ref, _range):
     return out, ok
 
 
+_EXTRAPOLATED = {"rate": (True, True), "increase": (True, False), "delta": (False, False)}  # is_counter, is_rate
 _RANGE = {
-    "rate": _extrapolated_rate(True, True),
-    "increase": _extrapolated_rate(True, False),
-    "delta": _extrapolated_rate(False, False),
+    "rate": _rate_inputs(True),  # finished by _extrapolate (_EXTRAPOLATED)
+    "increase": _rate_inputs(True),
+    "delta": _rate_inputs(False),
     "irate": _irate,
     "avg_over_time": _over_time("avg"),
     "min_over_time": _over_time("min"),

@@ -166,6 +166,9 @@ def decode_chunk(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     return chunk.timestamps(), chunk.values()
 
 
+_NARROW = [(t, int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np.int16, np.int32)]
+
+
 class Decoded:
     """A decoded chunk held compactly for a cache; `arrays()` gives exactly what `decode_chunk` gives.
 
@@ -198,9 +201,8 @@ class Decoded:
         else:
             x = _scaled(chunk)
             lo, hi = (int(x.min()), int(x.max())) if len(x) else (0, 0)
-            for narrow in (np.int8, np.int16, np.int32):
-                info = np.iinfo(narrow)
-                if info.min <= lo and hi <= info.max:
+            for narrow, least, most in _NARROW:
+                if least <= lo and hi <= most:
                     x = x.astype(narrow)
                     break
             self.x = x
@@ -677,13 +679,18 @@ class _Reader:
         return width
 
     def varint(self, field: str) -> int:
+        blob, pos = self.blob, self.pos  # a header holds several: read without a call per byte
         value = shift = 0
         while True:
-            byte = self.byte(field)
+            if pos >= len(blob):
+                raise StoreError(f"chunk blob is truncated: it ends at byte {pos}, before the {field}")
+            byte = blob[pos]
+            pos += 1
             value |= (byte & 0x7F) << shift
             if value >> 64:
                 raise StoreError(f"chunk blob is corrupt: the {field} varint is longer than 64 bits")
             if byte < 0x80:
+                self.pos = pos
                 return value
             shift += 7
 

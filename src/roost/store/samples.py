@@ -142,7 +142,8 @@ class Samples:
             if len(piece) == 3:
                 chunk, k0, k1 = piece
                 d = chunk.drops()
-                d = d[(d > k0) & (d < k1)]
+                if len(d) and (d[0] <= k0 or d[-1] >= k1):
+                    d = d[(d > k0) & (d < k1)]
                 if len(d):
                     where.append(d - k0 + a)
                     before.append(chunk.values_at(d - 1))

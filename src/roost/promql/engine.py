@@ -466,24 +466,29 @@ def _over_time(kind: str):
 
 
 def _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms: int, is_counter: bool, is_rate: bool):
-    """The end of Prometheus' extrapolatedRate (promql/functions.go): stretch `result` towards the window's edges."""
-    duration_to_start = (first_t - (ref - range_ms)) / 1000
-    duration_to_end = (ref - last_t) / 1000
-    sampled = (last_t - first_t) / 1000
+    """The end of Prometheus' extrapolatedRate (promql/functions.go): stretch `result` towards the window's edges
+    (the same operations in the same order, on fresh arrays in place)."""
+    to_start = np.subtract(first_t, ref - range_ms, dtype=np.float64)  # ms: exact in float64
+    to_start /= 1000
+    to_end = np.subtract(ref, last_t, dtype=np.float64)
+    to_end /= 1000
+    sampled = np.subtract(last_t, first_t, dtype=np.float64)
+    sampled /= 1000
     average = sampled / (n - 1)
     if is_counter:
         with np.errstate(invalid="ignore", divide="ignore"):
-            to_zero = sampled * (first_v / result)
-        clamp = (result > 0) & (first_v >= 0) & (to_zero < duration_to_start)
-        duration_to_start = np.where(clamp, to_zero, duration_to_start)
+            to_zero = first_v / result
+            to_zero *= sampled
+        np.copyto(to_start, to_zero, where=(result > 0) & (first_v >= 0) & (to_zero < to_start))
     threshold = average * 1.1
-    interval = sampled.copy()
-    interval += np.where(duration_to_start < threshold, duration_to_start, average / 2)
-    interval += np.where(duration_to_end < threshold, duration_to_end, average / 2)
-    factor = interval / sampled
+    average /= 2
+    interval = sampled + np.where(to_start < threshold, to_start, average)
+    interval += np.where(to_end < threshold, to_end, average)
+    interval /= sampled
     if is_rate:
-        factor /= range_ms / 1000
-    return result * factor
+        interval /= range_ms / 1000
+    interval *= result
+    return interval
 
 
 def _rate_inputs(is_counter: bool):

@@ -1098,14 +1098,17 @@ class Store:
         head_days: set[int] = set()
         for t, _v in head:
             head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
-        seen: dict[int, int] = defaultdict(int)
-        for row_id, _chunk in found:
-            seen[row_id] += 1
-        regular = {
-            row_id >> _SID_BITS: chunk
-            for row_id, chunk in found
-            if seen[row_id] == 1 and isinstance(chunk, Decoded) and chunk.regular and row_id >> _SID_BITS not in head_days
-        }
+        regular: dict[int, Decoded] = {}
+        other: set[int] = set()  # days read as arrays: also those with an open chunk beside a sealed one
+        for row_id, chunk in found:
+            day = row_id >> _SID_BITS
+            if day in regular or day in other:
+                regular.pop(day, None)
+                other.add(day)
+            elif isinstance(chunk, Decoded) and chunk.regular and day not in head_days:
+                regular[day] = chunk
+            else:
+                other.add(day)
         runs = []
         for day in sorted(regular):
             chunk = regular[day]  # samples k0 <= k < k1 lie in [lo, hi)

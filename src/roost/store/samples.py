@@ -27,33 +27,26 @@ class Samples:
 
     def __init__(self, parts: list[tuple[Decoded, int, int] | tuple[np.ndarray, np.ndarray]]):
         self._parts = [p for p in parts if (p[2] > p[1] if len(p) == 3 else len(p[0]))]
-        count = len(self._parts)
-        self._firsts = np.empty(count, np.int64)
-        self._intervals = np.zeros(count, np.int64)  # 0: an array part
-        self._sizes = np.empty(count, np.int64)
-        for i, part in enumerate(self._parts):
+        firsts, intervals, offsets = [], [], [0]
+        for part in self._parts:
             if len(part) == 3:
                 chunk, k0, k1 = part
-                self._firsts[i] = chunk.first + k0 * chunk.interval
-                self._intervals[i] = chunk.interval
-                self._sizes[i] = k1 - k0
+                firsts.append(chunk.first + k0 * chunk.interval)
+                intervals.append(chunk.interval)
+                offsets.append(offsets[-1] + k1 - k0)
             else:
-                self._firsts[i] = part[0][0]
-                self._sizes[i] = len(part[0])
+                firsts.append(int(part[0][0]))
+                intervals.append(0)  # an array part
+                offsets.append(offsets[-1] + len(part[0]))
+        self._firsts = np.array(firsts, np.int64)
+        self._intervals = np.array(intervals, np.int64)
+        self._offsets = np.array(offsets, np.int64)
+        self._sizes = np.diff(self._offsets)
         self._regular = self._intervals > 0
-        self._all_regular = bool(self._regular.all())
+        self._all_regular = 0 not in intervals
+        self.n = offsets[-1]
         self._flat: np.ndarray | tuple[np.ndarray, int] | None = None
         self._scaled: tuple[np.ndarray, int] | None | bool = False  # False: not looked at yet
-        self._offsets = np.zeros(count + 1, np.int64)
-        np.cumsum(self._sizes, out=self._offsets[1:])
-        self.n = int(self._offsets[-1])
-
-    @classmethod
-    def of_arrays(cls, ts: np.ndarray, values: np.ndarray) -> Samples:
-        return cls([(ts, values)])
-
-    def __len__(self) -> int:
-        return self.n
 
     # ------------------------------------------------------------------ positions
 

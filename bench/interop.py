@@ -1,6 +1,6 @@
 """roost's Prometheus API beside VictoriaMetrics' on the same data, and remote-write throughput into VictoriaMetrics.
 
-    .venv/bin/python bench/interop.py [--series 100] [--days 30] [--runs 15]
+    .venv/bin/python bench/interop.py [--series 100] [--days 30] [--runs 15] [--jitter-ms 0]
 
 Loads `workload.generate` (the reference house: 15 s samples) into a roost store (write_bulk) and into
 VictoriaMetrics (CSV import), starts `roost run` and `victoria-metrics` on free 127.0.0.1 ports, and times five
@@ -30,6 +30,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -53,12 +55,15 @@ QUERIES = [
 WINDOWS = [("7d", 7, 600), ("30d", 30, 3600)]  # (name, days, step seconds): ~1000 and ~720 points
 
 
-def load(days: int, n_series: int, work: Path, vm: VictoriaMetrics) -> int:
+def load(days: int, n_series: int, work: Path, vm: VictoriaMetrics, jitter_ms: int = 0) -> int:
     store = Store.open(work / "roost", StoreOptions(fsync=False), writer=True)
     total = 0
+    rng = np.random.default_rng(7)
     try:
         for metric, labels, ts, values in generate(n_series=n_series, days=days):
             ms = ts * 1000
+            if jitter_ms:  # stamped on arrival, as a hub stamps MQTT readings: not exactly every 15 s
+                ms = ms + rng.integers(0, jitter_ms, len(ms))
             store.write_bulk(Series.of(metric, labels), ms, values)
             (key, value), = labels.items()
             fmt = f"1:metric:{metric},2:time:unix_ms,3:label:{key}"
@@ -152,6 +157,8 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=100)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--runs", type=int, default=15, help="timed requests per query and server (15)")
+    ap.add_argument("--jitter-ms", type=int, default=0, metavar="MS",
+                    help="add 0..MS ms to every timestamp, as arrival times have (0: exactly every 15 s, the default)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="roost-interop-") as tmp:
         work = Path(tmp)
@@ -159,8 +166,9 @@ def main() -> None:
         hub = None
         try:
             t = time.perf_counter()
-            samples = load(args.days, args.series, work, vm)
-            print(f"loaded {samples:,} samples ({args.series} series, {args.days} d) into both in {time.perf_counter() - t:.0f} s")
+            samples = load(args.days, args.series, work, vm, args.jitter_ms)
+            jitter = f", timestamps +0..{args.jitter_ms} ms" if args.jitter_ms else ""
+            print(f"loaded {samples:,} samples ({args.series} series, {args.days} d{jitter}) into both in {time.perf_counter() - t:.0f} s")
             passes = {}
             for setting, cached in (("engines alone: both query caches off", False), ("as installed: both caches on", True)):
                 if cached:  # the same data, served by VictoriaMetrics with its rollup result cache

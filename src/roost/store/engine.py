@@ -289,6 +289,7 @@ class Store:
         # Writes that changed what was already stored (a sample at or before its series' newest one, a deletion,
         # raw days turned into rollups): an answer computed before one of these may be stale (`history_mark`).
         self.rewrites = 0
+        self._rewrites_lock = threading.Lock()  # writes come from the hub's loop, compaction and retention threads
         self.rejected: dict[str, int] = defaultdict(int)
         self.conn: sqlite3.Connection
 
@@ -473,7 +474,7 @@ class Store:
         if latest is None or ts_ms > latest[0]:
             self._latest[sid] = (ts_ms, value)
         elif (ts_ms, value) != latest:  # the newest reading again (a QoS 1 redelivery) changes nothing
-            self.rewrites += 1
+            self._rewritten()
             if ts_ms == latest[0]:
                 self._latest[sid] = (ts_ms, value)
 
@@ -875,7 +876,7 @@ class Store:
         if len(ts):
             latest = self._latest.get(sid)
             if latest is not None and ts[0] <= latest[0]:
-                self.rewrites += 1  # after the commit: an answer computed meanwhile is taken as stale
+                self._rewritten()  # after the commit: an answer computed meanwhile is taken as stale
             if latest is None or ts[-1] >= latest[0]:
                 self._latest[sid] = (int(ts[-1]), float(values[-1]))
         return len(ts)
@@ -900,7 +901,7 @@ class Store:
                     stats["chunks_downsampled"] += self._downsample(conn, sid, (now - rule.raw_ms) // DAY_MS)
             changed = conn.total_changes != before
         if changed:  # counted after the commit: an answer computed meanwhile is taken as stale
-            self.rewrites += 1
+            self._rewritten()
         with contextlib.closing(_connect(self.db_path)) as conn:
             conn.execute("PRAGMA incremental_vacuum")  # give the freed pages back to the file system
         return stats
@@ -1258,6 +1259,10 @@ class Store:
             while self._summary_bytes > _SUMMARY_CACHE_BYTES and self._summary_cache:
                 _key, old = self._summary_cache.popitem(last=False)
                 self._summary_bytes -= old.nbytes
+
+    def _rewritten(self) -> None:
+        with self._rewrites_lock:
+            self.rewrites += 1
 
     def history_mark(self, selectors: Iterable[Selector]) -> tuple[int, dict[int, int]]:
         """What an answer over `selectors` depends on, taken before computing it: `rewrites`, and the newest sample's

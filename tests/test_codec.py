@@ -79,6 +79,20 @@ def test_a_cached_day_of_temperatures_takes_two_bytes_a_sample():
     assert Decoded(encode_chunk(EVERY_15_S, np.round(np.linspace(-5, 300, 5760), 1))).nbytes <= 2 * 5760 + 128
 
 
+def test_a_cached_day_stamped_on_arrival_takes_four_bytes_a_sample():
+    """Arrival times, a little off every 15 s, are kept as int16 offsets from a steady interval; a day with
+    offsets too large for that (a gap of minutes) as int32 offsets from its first sample."""
+    rng = np.random.default_rng(3)
+    arrived = EVERY_15_S + rng.integers(0, 1000, len(EVERY_15_S))
+    round_trip(arrived, noisy_temperature())
+    assert Decoded(encode_chunk(arrived, noisy_temperature())).nbytes <= 4 * 5760 + 128
+    drifting = MIDNIGHT + np.cumsum(rng.integers(14_000, 16_000, 5760))  # the offsets from a steady interval drift
+    round_trip(drifting, noisy_temperature())
+    gap = np.concatenate([arrived[:2000], arrived[2000:] + 600_000])[:5760]  # ten minutes missing
+    round_trip(gap, noisy_temperature())
+    assert Decoded(encode_chunk(gap, noisy_temperature())).nbytes > 6 * 5760
+
+
 def test_random_floats_come_back_bit_exact():
     rng = np.random.default_rng(7)
     round_trip(EVERY_15_S, rng.normal(0, 1, 5760))

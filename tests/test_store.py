@@ -520,10 +520,11 @@ def test_a_query_reads_samples_instead_of_summaries_the_store_could_not_keep(tmp
 
 
 def test_samples_answer_as_the_expanded_read_does(tmp_path):
-    """`ReadView.samples` leaves regular days compact and finds windows, values and counter resets by arithmetic;
-    every answer must be what the arrays `read` returns give: for regular and irregular days, head samples written
-    into a sealed day, -0.0, whole-float and undecimal values, a counter with resets inside days and across a
-    day's edge, and ranges that start and end inside days."""
+    """`ReadView.samples` leaves steady days compact and finds windows, values and counter resets by arithmetic;
+    every answer must be what the arrays `read` returns give: for regular days, days stamped on arrival (offsets
+    under and over the interval), irregular days, head samples written into a sealed day, -0.0, whole-float and
+    undecimal values, a counter with resets inside days and across a day's edge, and ranges that start and end
+    inside days."""
     rng = np.random.default_rng(11)
     day = DAY_MS
     regular = np.arange(T0, T0 + 3 * day, 15_000)
@@ -532,8 +533,12 @@ def test_samples_answer_as_the_expanded_read_does(tmp_path):
     counter[len(counter) // 3 + 17 :] -= counter[len(counter) // 3 + 17]  # a reset inside day 2
     counter[5760:] += 0.5  # ... and values that step up at day 2's start, then
     counter[2 * 5760] = 0.0  # one that drops to zero just as day 3 begins
+    arrived = regular + rng.integers(0, 1_000, len(regular))
+    shuffled = np.unique(regular + rng.integers(0, 25_000, len(regular)))  # offsets wider than the interval
     cases = {
         Series.of("t", room="regular"): (regular, np.round(rng.normal(20, 2, len(regular)), 2)),
+        Series.of("t", room="arrived"): (arrived, np.round(rng.normal(20, 2, len(regular)), 2)),
+        Series.of("t", room="shuffled"): (shuffled, np.round(rng.normal(50, 9, len(shuffled)), 1)),
         Series.of("t", room="floats"): (regular, rng.normal(0, 1, len(regular))),  # no decimal scale
         Series.of("t", room="zeros"): (regular, np.where(rng.random(len(regular)) < 0.3, -0.0, 1.5)),
         Series.of("t", room="mixed"): (np.concatenate([regular, irregular]), np.round(rng.uniform(0, 9, len(regular) + len(irregular)), 1)),
@@ -579,4 +584,5 @@ def test_samples_answer_as_the_expanded_read_does(tmp_path):
 
             scaled: set[Series] = set()
             view.run(check)
-            assert Series.of("t", room="counter") in scaled and Series.of("t", room="floats") not in scaled
+            assert {Series.of("t", room=r) for r in ("counter", "arrived", "shuffled")} <= scaled  # kept compact
+            assert Series.of("t", room="floats") not in scaled

@@ -85,6 +85,7 @@ def store_options(settings: Settings) -> StoreOptions:
     return StoreOptions(
         max_series=s.max_series,
         fsync=s.fsync,
+        cache_bytes=s.cache_mb * 1024 * 1024,
         retention=tuple(RetentionRule(Selector.parse(r.match), r.keep_ms, r.raw_ms) for r in s.retention),
     )
 

@@ -402,7 +402,7 @@ class _PrometheusApi:
 
 
 def _instant_body(result, t: int) -> bytes:
-    seconds = t // 1000 if t % 1000 == 0 else t / 1000  # as Prometheus writes it: 1702591800, 1702591800.5
+    seconds = _seconds(t, t % 1000 == 0)
     if isinstance(result, np.ndarray):
         return _success_body({"resultType": "scalar", "result": [seconds, format_value(float(result[0]))]})
     if isinstance(result, RawMatrix):
@@ -438,13 +438,17 @@ def _range_body(result, start: int, end: int, step: int) -> bytes:
     return b'{"status":"success","data":{"resultType":"matrix","result":[%s]}}' % b",".join(parts)
 
 
+def _seconds(ms, whole: bool):
+    """Times in ms as Prometheus writes them in answers: whole seconds as integers (1702591800, not
+    1702591800.0), others as floats (1702591800.5)."""
+    return ms // 1000 if whole else ms / 1000
+
+
 @lru_cache(maxsize=8)
 def _step_heads(start: int, end: int, step: int) -> tuple[bytes, ...]:
     """`"],[t,"` for every step t of a range: what goes before each point's value. Kept for a few ranges, since
     Grafana rounds ranges to the step, so its panels and their refreshes ask for the same range over and over."""
-    ms = np.arange(start, end + 1, step, dtype=np.int64)
-    # Whole seconds are written as integers, as Prometheus writes them ("1702591800", not "1702591800.0").
-    seconds = ms // 1000 if start % 1000 == 0 and step % 1000 == 0 else ms / 1000
+    seconds = _seconds(np.arange(start, end + 1, step, dtype=np.int64), start % 1000 == 0 and step % 1000 == 0)
     stamps = orjson.dumps(seconds.tolist())[1:-1]
     return tuple((b'"],[' + stamps.replace(b",", b',"\0"],[') + b',"').split(b"\0"))
 

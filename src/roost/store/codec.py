@@ -172,18 +172,21 @@ _NARROW = [(t, int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np
 class Decoded:
     """A decoded chunk held compactly for a cache; `arrays()` gives exactly what `decode_chunk` gives.
 
-    Regular timestamps are kept as (first, interval), others as int32 offsets from the first (a day of
-    milliseconds fits); decimal values as their scaled integers in the narrowest type that holds them (a day of
-    temperatures in centidegrees is int16: 2 bytes a sample instead of 16), expanded by the same `unscale`
-    the decoder uses, so the floats are bit for bit the same.
+    Regular timestamps are kept as (first, interval); timestamps a little off a steady interval (stamped on
+    arrival) as that and each one's int16 offset from first + k * interval; others as int32 offsets from the
+    first (a day of milliseconds fits). Decimal values are kept as their scaled integers in the narrowest type
+    that holds them (a day of temperatures in centidegrees is int16: 2 bytes a sample instead of 16), expanded
+    by the same `unscale` the decoder uses, so the floats are bit for bit the same.
     """
 
-    __slots__ = ("n", "first", "interval", "offsets", "x", "exponent", "negative_zeros", "values", "nbytes", "_drops")
+    __slots__ = (
+        "n", "first", "interval", "offsets", "spread", "x", "exponent", "negative_zeros", "values", "nbytes", "_drops",
+    )
 
     def __init__(self, blob: bytes):
         chunk = _parse(blob)
         self.n = chunk.n
-        self.first, self.interval, self.offsets = 0, 0, None
+        self.first, self.interval, self.offsets, self.spread = 0, 0, None, (0, 0)
         if chunk.n >= 2 and chunk.layout[0][2] == 0:
             self.first, self.interval = chunk.ts_seeds
         else:
@@ -191,6 +194,12 @@ class Decoded:
             if len(ts) and int(ts.max()) - int(ts.min()) < 2**31:
                 self.first = int(ts[0])
                 self.offsets = (ts - self.first).astype(np.int32)
+                if chunk.n >= 2:  # times stamped on arrival: each a little off a steady interval, kept as int16
+                    interval = round((int(ts[-1]) - self.first) / (chunk.n - 1))
+                    off = ts - self.first - _counting(chunk.n) * interval
+                    least, most = int(off.min()), int(off.max())
+                    if interval > 0 and least >= -(2**15) and most < 2**15:
+                        self.interval, self.offsets, self.spread = interval, off.astype(np.int16), (least, most)
             else:  # not one day's span (the codec takes any int64 timestamps)
                 self.offsets = ts
         self.x = self.values = self.negative_zeros = self._drops = None
@@ -217,7 +226,11 @@ class Decoded:
 
     def into(self, ts: np.ndarray, values: np.ndarray) -> None:
         """Write the samples into `ts` (int64) and `values` (float64) of length n: a range read fills one array."""
-        if self.offsets is not None:
+        if self.offsets is not None and self.interval:  # first + k * interval + offset k
+            np.multiply(_counting(self.n), np.int64(self.interval), out=ts)
+            ts += self.first
+            ts += self.offsets
+        elif self.offsets is not None:
             np.add(self.offsets, np.int64(self.first), out=ts)
         else:
             np.multiply(_counting(self.n), np.int64(self.interval), out=ts)
@@ -243,9 +256,21 @@ class Decoded:
             values[zeros] = -0.0
 
     @property
-    def regular(self) -> bool:
-        """Timestamps first, first + interval, ...: sample k's time is known without expanding the day."""
-        return self.offsets is None and self.n >= 2 and self.interval > 0
+    def steady(self) -> bool:
+        """Timestamps first + k * interval, exactly or give or take an int16 offset (`spread`: the least and most
+        of those): which samples lie before a time is known from a few of them, without expanding the day."""
+        return self.interval > 0 and self.n >= 2
+
+    def before(self, t: int) -> int:
+        """How many samples lie before time `t` (`np.searchsorted(ts, t)`) in a `steady` chunk, found from the few
+        whose offsets could put them on either side."""
+        least, most = self.spread
+        lo = min(max(-((self.first + most - t) // self.interval), 0), self.n)  # samples before lo are before t
+        hi = min(max(-((self.first + least - t) // self.interval), 0), self.n)  # those from hi on are not
+        if lo == hi:
+            return lo
+        ts = self.first + _counting(hi)[lo:] * self.interval + self.offsets[lo:hi]
+        return lo + int(np.searchsorted(ts, t))
 
     def drops(self) -> np.ndarray:
         """Indices k where sample k's value is below sample k-1's (a counter's resets), made once per chunk: a

@@ -97,7 +97,7 @@ class RetentionRule:
 class StoreOptions:
     max_series: int = 10_000
     fsync: bool = True
-    cache_bytes: int = 32 * 1024 * 1024  # decoded sealed chunks kept (compactly, codec.Decoded) for repeated queries
+    cache_bytes: int = 128 * 1024 * 1024  # decoded sealed chunks kept (compactly, codec.Decoded) for repeated queries
     retention: tuple[RetentionRule, ...] = ()
 
 
@@ -1094,36 +1094,34 @@ class Store:
 
     def _pieces(self, conn, sid: int, lo: int, hi: int, head, days, found: list) -> Samples:
         """The samples of [lo, hi) as `Samples`, from `found`, the `_decoded_chunks` of `days`: a day held as one
-        regular chunk (no head samples or open chunk beside it) stays compact, the other days are read as
-        `_samples` reads them (in this thread's scratch arrays: use them before the next read)."""
+        steady chunk (`Decoded.steady`, no head samples or open chunk beside it) stays compact, the other days are
+        read as `_samples` reads them (in this thread's scratch arrays: use them before the next read)."""
         head_days: set[int] = set()
         for t, _v in head:
             head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
-        regular: dict[int, Decoded] = {}
+        steady: dict[int, Decoded] = {}
         other: set[int] = set()  # days read as arrays: also those with an open chunk beside a sealed one
         for row_id, chunk in found:
             day = row_id >> _SID_BITS
-            if day in regular or day in other:
-                regular.pop(day, None)
+            if day in steady or day in other:
+                steady.pop(day, None)
                 other.add(day)
-            elif isinstance(chunk, Decoded) and chunk.regular and day not in head_days:
-                regular[day] = chunk
+            elif isinstance(chunk, Decoded) and chunk.steady and day not in head_days:
+                steady[day] = chunk
             else:
                 other.add(day)
         runs = []
-        for day in sorted(regular):
-            chunk = regular[day]  # samples k0 <= k < k1 lie in [lo, hi)
-            k0 = max(0, -((chunk.first - lo) // chunk.interval))
-            k1 = min(chunk.n, -((chunk.first - hi) // chunk.interval))
-            runs.append((chunk, k0, k1))
-        rest = [d for d in days if d not in regular]
+        for day in sorted(steady):
+            chunk = steady[day]  # samples k0 <= k < k1 lie in [lo, hi)
+            runs.append((chunk, chunk.before(lo), chunk.before(hi)))
+        rest = [d for d in days if d not in steady]
         if not rest:
             return Samples(runs)
-        others = [(row_id, chunk) for row_id, chunk in found if row_id >> _SID_BITS not in regular]
+        others = [(row_id, chunk) for row_id, chunk in found if row_id >> _SID_BITS not in steady]
         ts, values = self._samples(conn, sid, lo, hi, head, days=rest, transient=True, found=others)
         if not runs:
             return Samples([(ts, values)])
-        # the other days' samples, cut where each regular day begins, between them in time order
+        # the other days' samples, cut where each steady day begins, between them in time order
         cuts = np.searchsorted(ts, [chunk.first for chunk, _k0, _k1 in runs]).tolist()
         parts: list = []
         for (begin, end), run in zip(zip([0, *cuts], cuts), runs):

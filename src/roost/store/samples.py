@@ -20,31 +20,49 @@ __all__ = ["Samples"]
 
 
 class Samples:
-    """Sorted, unique samples made of parts in time order that do not overlap: regular runs `(chunk, k0, k1)`
-    (samples k0 <= k < k1 of a regular `Decoded`) and `(ts, values)` arrays."""
+    """Sorted, unique samples made of parts in time order that do not overlap: steady runs `(chunk, k0, k1)`
+    (samples k0 <= k < k1 of a `Decoded` whose timestamps are first + k * interval, exactly or give or take an
+    int16 offset: `Decoded.steady`) and `(ts, values)` arrays."""
 
-    __slots__ = ("n", "_parts", "_firsts", "_intervals", "_sizes", "_offsets", "_regular", "_all_regular", "_flat", "_scaled")
+    __slots__ = (
+        "n", "_parts", "_firsts", "_starts", "_intervals", "_least", "_most", "_sizes", "_offsets", "_arrays",
+        "_jittered", "_jitter", "_flat", "_scaled",
+    )
 
     def __init__(self, parts: list[tuple[Decoded, int, int] | tuple[np.ndarray, np.ndarray]]):
         self._parts = [p for p in parts if (p[2] > p[1] if len(p) == 3 else len(p[0]))]
-        firsts, intervals, offsets = [], [], [0]
-        for part in self._parts:
+        firsts, starts, intervals, least, most, offsets = [], [], [], [], [], [0]
+        self._arrays, jittered = [], False  # the array parts' positions; whether a run has offsets
+        for i, part in enumerate(self._parts):
             if len(part) == 3:
                 chunk, k0, k1 = part
-                firsts.append(chunk.first + k0 * chunk.interval)
+                firsts.append(chunk.first + k0 * chunk.interval)  # sample k0's time without its offset
+                start = firsts[-1]
+                if chunk.offsets is not None:
+                    start += int(chunk.offsets[k0])
+                    jittered = True
+                starts.append(start)
                 intervals.append(chunk.interval)
+                least.append(chunk.spread[0])
+                most.append(chunk.spread[1])
                 offsets.append(offsets[-1] + k1 - k0)
             else:
                 firsts.append(int(part[0][0]))
-                intervals.append(0)  # an array part
+                starts.append(firsts[-1])
+                intervals.append(1)  # unused: array parts are searched
+                least.append(0)
+                most.append(0)
                 offsets.append(offsets[-1] + len(part[0]))
+                self._arrays.append(i)
         self._firsts = np.array(firsts, np.int64)
+        self._starts = np.array(starts, np.int64)  # each part's first sample's time
         self._intervals = np.array(intervals, np.int64)
+        self._least, self._most = np.array(least, np.int64), np.array(most, np.int64)
         self._offsets = np.array(offsets, np.int64)
         self._sizes = np.diff(self._offsets)
-        self._regular = self._intervals > 0
-        self._all_regular = 0 not in intervals
         self.n = offsets[-1]
+        self._jittered = jittered
+        self._jitter: np.ndarray | None = None  # `_jitter_of`
         self._flat: np.ndarray | tuple[np.ndarray, int] | None = None
         self._scaled: tuple[np.ndarray, int] | None | bool = False  # False: not looked at yet
 
@@ -52,38 +70,66 @@ class Samples:
 
     def index(self, t: np.ndarray, side: str = "left") -> np.ndarray:
         """`np.searchsorted(ts, t, side)` over all the samples, for sorted times `t`."""
-        part = np.searchsorted(self._firsts, t, "right") - 1  # the last part starting at or before each time
+        part = np.searchsorted(self._starts, t, "right") - 1  # the last part starting at or before each time
         out = np.zeros(len(t), np.int64)
         inside = part >= 0
         p = part[inside]
         tt = t[inside]
         first, interval, size = self._firsts[p], self._intervals[p], self._sizes[p]
-        if self._all_regular:
-            gap = tt - first
-            local = -((-gap) // interval) if side == "left" else gap // interval + 1
+        # a steady run's samples before lo are all on the near side of t, those from hi on all on the far side
+        if side == "left":
+            lo, hi = -((first + self._most[p] - tt) // interval), -((first + self._least[p] - tt) // interval)
         else:
-            regular = interval > 0
-            local = np.zeros(len(p), np.int64)
-            gap = tt[regular] - first[regular]
-            step = interval[regular]
-            local[regular] = -((-gap) // step) if side == "left" else gap // step + 1
+            lo, hi = (tt - first - self._most[p]) // interval + 1, (tt - first - self._least[p]) // interval + 1
+        local = np.clip(lo, 0, size)
+        if self._jittered:
+            hi = np.minimum(hi, size)
+            base = self._offsets[p]
+            ts_of = self._run_times
+            for _ in range(int((hi - local).max(initial=0))):  # one step per sample the offsets leave in doubt
+                doubt = local < hi
+                if not doubt.any():
+                    break
+                k = np.minimum(local, size - 1)
+                near = ts_of(base + k) < tt if side == "left" else ts_of(base + k) <= tt
+                local += doubt & near
+        if self._arrays:
             runs = np.searchsorted(p, np.arange(len(self._parts) + 1))
-            for i in np.flatnonzero(~self._regular):
+            for i in self._arrays:
                 a, b = runs[i], runs[i + 1]
                 if a < b:
                     local[a:b] = np.searchsorted(self._parts[i][0], tt[a:b], side)
         out[inside] = self._offsets[p] + np.minimum(local, size)
         return out
 
+    def _run_times(self, k: np.ndarray) -> np.ndarray:
+        """The times of samples `k` as their runs give them (wrong for samples of array parts)."""
+        part = np.searchsorted(self._offsets, k, "right") - 1
+        ts = self._firsts[part] + (k - self._offsets[part]) * self._intervals[part]
+        jitter = self._jitter_of()
+        if jitter is not None:
+            ts += jitter[k]
+        return ts
+
+    def _jitter_of(self) -> np.ndarray | None:
+        """Every sample's offset from its run's steady interval in one int16 array (0 in array parts and exact
+        runs), made once; None if no run has offsets."""
+        if self._jittered and self._jitter is None:
+            self._jitter = np.concatenate([
+                piece[0].offsets[piece[1] : piece[2]] if len(piece) == 3 and piece[0].offsets is not None
+                else np.zeros(b - a, np.int16)
+                for piece, a, b in zip(self._parts, self._offsets[:-1].tolist(), self._offsets[1:].tolist())
+            ])
+        return self._jitter
+
     def at(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The timestamps and values of samples `k` (indices < n, in any order)."""
-        part = np.searchsorted(self._offsets, k, "right") - 1
-        local = k - self._offsets[part]
-        ts = self._firsts[part] + local * self._intervals[part]
-        if not self._all_regular:
-            for i in np.flatnonzero(~self._regular).tolist():
+        ts = self._run_times(k)
+        if self._arrays:
+            part = np.searchsorted(self._offsets, k, "right") - 1
+            for i in self._arrays:
                 mine = part == i
-                ts[mine] = self._parts[i][0][local[mine]]
+                ts[mine] = self._parts[i][0][k[mine] - self._offsets[i]]
         flat = self._flat_values()
         if isinstance(flat, np.ndarray):
             return ts, flat[k]
@@ -105,7 +151,7 @@ class Samples:
         the min and max of x are those of the values."""
         if self._scaled is False:
             self._scaled = None
-            chunks = [p[0] for p in self._parts] if self._all_regular else []
+            chunks = [] if self._arrays else [p[0] for p in self._parts]
             if chunks and all(c.x is not None and c.negative_zeros is None and c.exponent == chunks[0].exponent for c in chunks):
                 self._scaled = (np.concatenate([c.x[k0:k1] for c, k0, k1 in self._parts]), chunks[0].exponent)
         return self._scaled

@@ -1,9 +1,11 @@
-"""One series' samples over a range, with the days stored at a regular interval left compact.
+"""One series' samples over a range, with the days whose timestamps keep a steady interval left compact.
 
-A day chunk whose timestamps are `first + k * interval` (a sensor that reports on a clock: most of them) needs no
-timestamp array: which samples a PromQL window holds, and when the first and last of them were taken, is
-arithmetic. Its values stay the chunk's scaled integers (`Decoded`) until a function needs them all, and its
-counter resets are found once per chunk. A range function over a week of such days reads a few values per step
+A day chunk whose timestamps are `first + k * interval` — exactly (imported, backfilled or simulated data) or
+give or take a small offset each (a sensor that reports every 15 s, stamped on arrival: `Decoded` keeps the
+offsets as int16) — needs no timestamp array: which samples a PromQL window holds is arithmetic, checked
+against the few samples the offsets leave in doubt, and when the first and last of them were taken is one
+lookup each. Its values stay the chunk's scaled integers until a function needs them all, and its counter
+resets are found once per chunk. A range function over a week of such days reads a few values per step
 instead of expanding 40,000 samples twice (`roost.promql` works on `Samples` only).
 
 Every answer is what the same question asked of the expanded arrays (`arrays()`) gives: `index` is

@@ -264,6 +264,8 @@ class Decoded:
     def before(self, t: int) -> int:
         """How many samples lie before time `t` (`np.searchsorted(ts, t)`) in a `steady` chunk, found from the few
         whose offsets could put them on either side."""
+        if self.offsets is None:  # exact
+            return min(max(-((self.first - t) // self.interval), 0), self.n)
         least, most = self.spread
         lo = min(max(-((self.first + most - t) // self.interval), 0), self.n)  # samples before lo are before t
         hi = min(max(-((self.first + least - t) // self.interval), 0), self.n)  # those from hi on are not

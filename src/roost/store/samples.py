@@ -78,13 +78,15 @@ class Samples:
         p = part[inside]
         tt = t[inside]
         first, interval, size = self._firsts[p], self._intervals[p], self._sizes[p]
-        # a steady run's samples before lo are all on the near side of t, those from hi on all on the far side
-        if side == "left":
-            lo, hi = -((first + self._most[p] - tt) // interval), -((first + self._least[p] - tt) // interval)
-        else:
-            lo, hi = (tt - first - self._most[p]) // interval + 1, (tt - first - self._least[p]) // interval + 1
-        local = np.clip(lo, 0, size)
-        if self._jittered:
+        if not self._jittered:  # exact runs: the index itself (>= 0: the run starts at or before t)
+            gap = tt - first
+            local = -((-gap) // interval) if side == "left" else gap // interval + 1
+        else:  # a run's samples before lo are all on the near side of t, those from hi on all on the far side
+            if side == "left":
+                lo, hi = -((first + self._most[p] - tt) // interval), -((first + self._least[p] - tt) // interval)
+            else:
+                lo, hi = (tt - first - self._most[p]) // interval + 1, (tt - first - self._least[p]) // interval + 1
+            local = np.clip(lo, 0, size)
             hi = np.minimum(hi, size)
             base = self._offsets[p]
             ts_of = self._run_times
@@ -108,9 +110,8 @@ class Samples:
         """The times of samples `k` as their runs give them (wrong for samples of array parts)."""
         part = np.searchsorted(self._offsets, k, "right") - 1
         ts = self._firsts[part] + (k - self._offsets[part]) * self._intervals[part]
-        jitter = self._jitter_of()
-        if jitter is not None:
-            ts += jitter[k]
+        if self._jittered:
+            ts += self._jitter_of()[k]
         return ts
 
     def _jitter_of(self) -> np.ndarray | None:

@@ -498,10 +498,11 @@ def _rate_inputs(is_counter: bool):
     def fn(s: Samples, lo, hi, _ref, _range):
         n = hi - lo
         ok = n >= 2
-        out = np.zeros((5, len(lo)))
-        if not ok.any():
-            return out, ok
-        lo, hi = lo[ok], hi[ok]
+        everywhere = bool(ok.all())  # the usual case: no masking
+        if not everywhere:
+            if not ok.any():
+                return np.zeros((5, len(lo))), ok
+            lo, hi, n = lo[ok], hi[ok], n[ok]
         t, v = s.at(np.concatenate([lo, hi - 1]))
         first_v = v[: len(lo)]
         result = v[len(lo) :] - first_v
@@ -513,7 +514,11 @@ def _rate_inputs(is_counter: bool):
             if len(at):
                 n_lo, n_hi = np.searchsorted(at, lo + 1), np.searchsorted(at, hi)
                 result += np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
-        out[0, ok], out[1, ok], out[2, ok], out[3, ok], out[4, ok] = result, t[: len(lo)], t[len(lo) :], first_v, n[ok]
+        rows = np.vstack((result, t[: len(lo)], t[len(lo) :], first_v, n))
+        if everywhere:
+            return rows, ok
+        out = np.zeros((5, len(ok)))
+        out[:, ok] = rows
         return out, ok
 
     return fn

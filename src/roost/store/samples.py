@@ -32,38 +32,25 @@ class Samples:
     )
 
     def __init__(self, parts: list[tuple[Decoded, int, int] | tuple[np.ndarray, np.ndarray]]):
-        self._parts = [p for p in parts if (p[2] > p[1] if len(p) == 3 else len(p[0]))]
-        firsts, starts, intervals, least, most, offsets = [], [], [], [], [], [0]
-        self._arrays, jittered = [], False  # the array parts' positions; whether a run has offsets
-        for i, part in enumerate(self._parts):
-            if len(part) == 3:
-                chunk, k0, k1 = part
-                firsts.append(chunk.first + k0 * chunk.interval)  # sample k0's time without its offset
-                start = firsts[-1]
-                if chunk.offsets is not None:
-                    start += int(chunk.offsets[k0])
-                    jittered = True
-                starts.append(start)
-                intervals.append(chunk.interval)
-                least.append(chunk.spread[0])
-                most.append(chunk.spread[1])
-                offsets.append(offsets[-1] + k1 - k0)
-            else:
-                firsts.append(int(part[0][0]))
-                starts.append(firsts[-1])
-                intervals.append(1)  # unused: array parts are searched
-                least.append(0)
-                most.append(0)
-                offsets.append(offsets[-1] + len(part[0]))
-                self._arrays.append(i)
-        self._firsts = np.array(firsts, np.int64)
-        self._starts = np.array(starts, np.int64)  # each part's first sample's time
+        self._parts = parts = [p for p in parts if (p[2] > p[1] if len(p) == 3 else len(p[0]))]
+        runs = [len(p) == 3 for p in parts]
+        self._arrays = [i for i, run in enumerate(runs) if not run]  # the array parts' positions
+        firsts = [p[0].first + p[1] * p[0].interval if run else int(p[0][0]) for p, run in zip(parts, runs)]
+        intervals = [p[0].interval if run else 1 for p, run in zip(parts, runs)]  # array parts are searched
+        sizes = [p[2] - p[1] if run else len(p[0]) for p, run in zip(parts, runs)]
+        self._jittered = any(run and p[0].offsets is not None for p, run in zip(parts, runs))
+        self._firsts = np.array(firsts, np.int64)  # sample k0's time, without its offset
         self._intervals = np.array(intervals, np.int64)
-        self._least, self._most = np.array(least, np.int64), np.array(most, np.int64)
-        self._offsets = np.array(offsets, np.int64)
-        self._sizes = np.diff(self._offsets)
-        self.n = offsets[-1]
-        self._jittered = jittered
+        self._sizes = np.array(sizes, np.int64)
+        self._offsets = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum(self._sizes, out=self._offsets[1:])
+        self.n = int(self._offsets[-1])
+        self._starts = self._firsts  # each part's first sample's time
+        if self._jittered:
+            jitter = [p[0].offsets is not None if run else False for p, run in zip(parts, runs)]
+            self._starts = self._firsts + [int(p[0].offsets[p[1]]) if j else 0 for p, j in zip(parts, jitter)]
+            self._least = np.array([p[0].spread[0] if run else 0 for p, run in zip(parts, runs)], np.int64)
+            self._most = np.array([p[0].spread[1] if run else 0 for p, run in zip(parts, runs)], np.int64)
         self._jitter: np.ndarray | None = None  # `_jitter_of`
         self._flat: np.ndarray | tuple[np.ndarray, int] | None = None
         self._scaled: tuple[np.ndarray, int] | None | bool = False  # False: not looked at yet

@@ -44,8 +44,8 @@ from roost.selector import Selector
 from roost.store import wal
 from roost.store.blocks import BLOCK_DAYS, Extras, decode_block, decode_rows, encode_rows, keep_resets
 from roost.store.codec import Decoded, decode_chunk, encode_chunk
-from roost.store.samples import Samples
 from roost.store.rollups import FIVE_MINUTES_MS, HOUR_MS, Rows, bucketize, rollup_samples
+from roost.store.samples import Samples
 from roost.store.segments import ChunkMoved, DataFiles
 from roost.store.summaries import FIELDS as SUMMARY_FIELDS
 from roost.store.summaries import COUNT, FIRST, FIRST_TS, LAST, LAST_TS, MAX, MIN, RESETS, SUM, TS, Summary, summarize
@@ -1535,8 +1535,8 @@ class ReadView:
                 yield SeriesData(series, ts, values)
 
     def samples(self, selector: Selector, start_ms: int, end_ms: int) -> Iterator[tuple[Series, Samples]]:
-        """As `read`, with days stored at a regular interval left compact (samples.py); each series' `Samples`
-        is valid until the next is asked for."""
+        """As `read`, with the days whose timestamps keep a steady interval left compact (samples.py); each
+        series' `Samples` is valid until the next is asked for."""
         store, conn = self._store, self._conn
         matching = iter(self._matching(selector))
         # the chunks of a batch of series in a few statements (not two per series)

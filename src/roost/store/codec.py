@@ -193,13 +193,14 @@ class Decoded:
             ts = chunk.timestamps()
             if len(ts) and int(ts.max()) - int(ts.min()) < 2**31:
                 self.first = int(ts[0])
-                self.offsets = (ts - self.first).astype(np.int32)
                 if chunk.n >= 2:  # times stamped on arrival: each a little off a steady interval, kept as int16
                     interval = round((int(ts[-1]) - self.first) / (chunk.n - 1))
                     off = ts - self.first - _counting(chunk.n) * interval
                     least, most = int(off.min()), int(off.max())
                     if interval > 0 and least >= -(2**15) and most < 2**15:
                         self.interval, self.offsets, self.spread = interval, off.astype(np.int16), (least, most)
+                if self.offsets is None:
+                    self.offsets = (ts - self.first).astype(np.int32)
             else:  # not one day's span (the codec takes any int64 timestamps)
                 self.offsets = ts
         self.x = self.values = self.negative_zeros = self._drops = None

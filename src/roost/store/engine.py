@@ -214,8 +214,17 @@ def _hourly(ts: np.ndarray, values: np.ndarray) -> tuple[Rows, Extras]:
 # A sealed chunk's location (file, offset, length) and its 5-minute summary, made where the samples were at hand
 _SealedSummary = tuple[tuple[int, int, int], Summary]
 
+_LOCATION = "file, offset, length"  # where a sealed chunk's bytes are (`chunks` table)
 _SERIES_PER_FETCH = 64  # `ReadView.samples`: series whose chunks are looked up together (and held at once)
 _SCRATCH_SAMPLES = 1 << 20  # 16 MB of ts and values kept per query thread for transient reads
+
+
+def _head_days(head: list[tuple[np.ndarray, np.ndarray]], lo: int, hi: int) -> set[int]:
+    """The days that head samples in [lo, hi) fall on (their chunks alone do not hold those days' samples)."""
+    days: set[int] = set()
+    for t, _v in head:
+        days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
+    return days
 
 
 def _gather(
@@ -687,12 +696,7 @@ class Store:
         if where:
             rows = conn.execute(f"SELECT id, file, length FROM chunks WHERE {where}", args).fetchall()
         else:
-            rows = []
-            for i in range(0, len(ids), 500):
-                part = ids[i : i + 500]
-                rows += conn.execute(
-                    f"SELECT id, file, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
-                ).fetchall()
+            rows = Store._fetch(conn, "chunks", ids, "file, length")
         if not rows:
             return 0
         garbage: dict[int, int] = defaultdict(int)
@@ -731,20 +735,16 @@ class Store:
         the cache needs no invalidation. Dashboards ask for the same recent days over and over.
         """
         out = [(row_id, decode_chunk(blob)) for row_id, blob in self._fetch(conn, "open_chunks", ids)]
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            for row_id, file_id, offset, length in conn.execute(
-                f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
-            ).fetchall():
-                key = (file_id, offset)
-                with self._cache_lock:  # queries also run in a worker thread (ReadView)
-                    hit = self._cache.get(key)
-                    if hit is not None:
-                        self._cache.move_to_end(key)
-                if hit is None:
-                    hit = Decoded(self.files.read(file_id, offset, length))
-                    self._cache_put(key, hit)
-                out.append((row_id, hit))
+        for row_id, file_id, offset, length in self._fetch(conn, "chunks", ids, _LOCATION):
+            key = (file_id, offset)
+            with self._cache_lock:  # queries also run in a worker thread (ReadView)
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+            if hit is None:
+                hit = Decoded(self.files.read(file_id, offset, length))
+                self._cache_put(key, hit)
+            out.append((row_id, hit))
         return out
 
     def _decoded_rollups(self, rid: int, blob: bytes) -> tuple[Rows, int, Extras | None]:
@@ -772,12 +772,8 @@ class Store:
     def _load_chunks(self, conn: sqlite3.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
         """(id, blob) of the chunks among `ids` that exist, open or sealed."""
         out = self._fetch(conn, "open_chunks", ids)
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            for row_id, file_id, offset, length in conn.execute(
-                f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
-            ):
-                out.append((row_id, self.files.read(file_id, offset, length)))
+        for row_id, file_id, offset, length in self._fetch(conn, "chunks", ids, _LOCATION):
+            out.append((row_id, self.files.read(file_id, offset, length)))
         return out
 
     def collect_garbage(self, min_ratio: float = 0.5) -> int:
@@ -839,12 +835,13 @@ class Store:
             )
 
     @staticmethod
-    def _fetch(conn: sqlite3.Connection, table: str, ids: list[int]) -> list[tuple[int, bytes]]:
-        out: list[tuple[int, bytes]] = []
+    def _fetch(conn: sqlite3.Connection, table: str, ids: list[int], columns: str = "data") -> list[tuple]:
+        """(id, *columns) of the rows of `table` among `ids`, 500 ids a statement."""
+        out: list[tuple] = []
         for i in range(0, len(ids), 500):
             part = ids[i : i + 500]
             out += conn.execute(
-                f"SELECT id, data FROM {table} WHERE id IN ({','.join('?' * len(part))})", part
+                f"SELECT id, {columns} FROM {table} WHERE id IN ({','.join('?' * len(part))})", part
             ).fetchall()
         return out
 
@@ -1027,9 +1024,7 @@ class Store:
         """Rollup rows (or samples as rows) of [lo, hi), and whether they are all raw samples."""
         head_parts = [(t, v) for t, v in head if len(t)]
         days = self._days(conn, lo, hi, head_parts, stored)
-        head_days = set()
-        for t, _v in head_parts:
-            head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
+        head_days = _head_days(head_parts, lo, hi)
         rolled: set[int] = set()
         parts: list[Rows] = []
         if step_ms % HOUR_MS == 0:
@@ -1096,9 +1091,7 @@ class Store:
         """The samples of [lo, hi) as `Samples`, from `found`, the `_decoded_chunks` of `days`: a day held as one
         steady chunk (`Decoded.steady`, no head samples or open chunk beside it) stays compact, the other days are
         read as `_samples` reads them (in this thread's scratch arrays: use them before the next read)."""
-        head_days: set[int] = set()
-        for t, _v in head:
-            head_days.update(np.unique(t[(t >= lo) & (t < hi)] // DAY_MS).tolist())
+        head_days = _head_days(head, lo, hi)
         steady: dict[int, Decoded] = {}
         other: set[int] = set()  # days read as arrays: also those with an open chunk beside a sealed one
         for row_id, chunk in found:
@@ -1568,19 +1561,13 @@ class ReadView:
             days = store._days(conn, start_ms, end_ms, head, self._stored)
             if not days:
                 continue
-            head_days: set[int] = set()
-            for t, _v in head:
-                head_days.update(np.unique(t[(t >= start_ms) & (t < end_ms)] // DAY_MS).tolist())
+            head_days = _head_days(head, start_ms, end_ms)
             wanted.append((sid, series, head, days))
             ids.extend(_row_id(d, sid) for d in days if d not in head_days)
         # the sealed chunks of every matching series' days, in one statement per 500 (not one per series)
         chunks: dict[int, dict[int, tuple[int, int, int]]] = defaultdict(dict)
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            for row_id, file_id, offset, length in conn.execute(
-                f"SELECT id, file, offset, length FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
-            ).fetchall():
-                chunks[row_id & _SID_MASK][row_id >> _SID_BITS] = (file_id, offset, length)
+        for row_id, file_id, offset, length in store._fetch(conn, "chunks", ids, _LOCATION):
+            chunks[row_id & _SID_MASK][row_id >> _SID_BITS] = (file_id, offset, length)
         for sid, series, head, days in wanted:
             located = chunks.get(sid, {})
             parts: list[Summary] = []

@@ -27,7 +27,7 @@ class Samples:
     int16 offset: `Decoded.steady`) and `(ts, values)` arrays."""
 
     __slots__ = (
-        "n", "_parts", "_firsts", "_starts", "_intervals", "_least", "_most", "_sizes", "_offsets", "_arrays",
+        "n", "_parts", "_firsts", "_starts", "_intervals", "_least", "_most", "_sizes", "_edges", "_arrays",
         "_jittered", "_jitter", "_flat", "_scaled",
     )
 
@@ -42,9 +42,9 @@ class Samples:
         self._firsts = np.array(firsts, np.int64)  # sample k0's time, without its offset
         self._intervals = np.array(intervals, np.int64)
         self._sizes = np.array(sizes, np.int64)
-        self._offsets = np.zeros(len(parts) + 1, np.int64)
-        np.cumsum(self._sizes, out=self._offsets[1:])
-        self.n = int(self._offsets[-1])
+        self._edges = np.zeros(len(parts) + 1, np.int64)  # part i holds samples edges[i] <= k < edges[i + 1]
+        np.cumsum(self._sizes, out=self._edges[1:])
+        self.n = int(self._edges[-1])
         self._starts = self._firsts  # each part's first sample's time
         if self._jittered:
             jitter = [p[0].offsets is not None if run else False for p, run in zip(parts, runs)]
@@ -75,7 +75,7 @@ class Samples:
                 lo, hi = (tt - first - self._most[p]) // interval + 1, (tt - first - self._least[p]) // interval + 1
             local = np.clip(lo, 0, size)
             hi = np.minimum(hi, size)
-            base = self._offsets[p]
+            base = self._edges[p]
             ts_of = self._run_times
             for _ in range(int((hi - local).max(initial=0))):  # one step per sample the offsets leave in doubt
                 doubt = local < hi
@@ -90,13 +90,13 @@ class Samples:
                 a, b = runs[i], runs[i + 1]
                 if a < b:
                     local[a:b] = np.searchsorted(self._parts[i][0], tt[a:b], side)
-        out[inside] = self._offsets[p] + np.minimum(local, size)
+        out[inside] = self._edges[p] + np.minimum(local, size)
         return out
 
     def _run_times(self, k: np.ndarray) -> np.ndarray:
         """The times of samples `k` as their runs give them (wrong for samples of array parts)."""
-        part = np.searchsorted(self._offsets, k, "right") - 1
-        ts = self._firsts[part] + (k - self._offsets[part]) * self._intervals[part]
+        part = np.searchsorted(self._edges, k, "right") - 1
+        ts = self._firsts[part] + (k - self._edges[part]) * self._intervals[part]
         if self._jittered:
             ts += self._jitter_of()[k]
         return ts
@@ -108,7 +108,7 @@ class Samples:
             self._jitter = np.concatenate([
                 piece[0].offsets[piece[1] : piece[2]] if len(piece) == 3 and piece[0].offsets is not None
                 else np.zeros(b - a, np.int16)
-                for piece, a, b in zip(self._parts, self._offsets[:-1].tolist(), self._offsets[1:].tolist())
+                for piece, a, b in zip(self._parts, self._edges[:-1].tolist(), self._edges[1:].tolist())
             ])
         return self._jitter
 
@@ -116,10 +116,10 @@ class Samples:
         """The timestamps and values of samples `k` (indices < n, in any order)."""
         ts = self._run_times(k)
         if self._arrays:
-            part = np.searchsorted(self._offsets, k, "right") - 1
+            part = np.searchsorted(self._edges, k, "right") - 1
             for i in self._arrays:
                 mine = part == i
-                ts[mine] = self._parts[i][0][k[mine] - self._offsets[i]]
+                ts[mine] = self._parts[i][0][k[mine] - self._edges[i]]
         flat = self._flat_values()
         if isinstance(flat, np.ndarray):
             return ts, flat[k]
@@ -152,7 +152,7 @@ class Samples:
         if scaled is not None:
             return unscale(*scaled)
         out = np.empty(self.n)
-        for piece, a, b in zip(self._parts, self._offsets[:-1].tolist(), self._offsets[1:].tolist()):
+        for piece, a, b in zip(self._parts, self._edges[:-1].tolist(), self._edges[1:].tolist()):
             if len(piece) == 3:
                 piece[0].values_into(out[a:b], piece[1])
             else:
@@ -166,32 +166,22 @@ class Samples:
     def drops(self) -> tuple[np.ndarray, np.ndarray]:
         """The indices k whose value is below sample k-1's, and those values of k-1 (what a counter's reset adds
         back), in order."""
-        where, before = [], []
-        for piece, a in zip(self._parts, self._offsets[:-1].tolist()):
-            if len(piece) == 3:
+        where = []
+        for piece, a in zip(self._parts, self._edges[:-1].tolist()):
+            if len(piece) == 3:  # a chunk's drops are found once (`Decoded.drops`)
                 chunk, k0, k1 = piece
                 d = chunk.drops()
                 if len(d) and (d[0] <= k0 or d[-1] >= k1):
                     d = d[(d > k0) & (d < k1)]
-                if len(d):
-                    where.append(d - k0 + a)
-                    before.append(chunk.values_at(d - 1))
+                where.append(d - k0 + a)
             else:
                 v = piece[1]
-                d = np.flatnonzero(v[1:] < v[:-1]) + 1
-                if len(d):
-                    where.append(d + a)
-                    before.append(v[d - 1])
-        if len(self._parts) > 1:  # between parts: the last sample of one and the first of the next
-            seams = self._offsets[1:-1]
+                where.append(np.flatnonzero(v[1:] < v[:-1]) + 1 + a)
+        seams = self._edges[1:-1]  # between parts: the last sample of one and the first of the next
+        if len(seams):
             _t, v = self.at(np.concatenate([seams - 1, seams]))
-            last, first = v[: len(seams)], v[len(seams) :]
-            fell = first < last
-            if fell.any():
-                where.append(seams[fell])
-                before.append(last[fell])
-        if not where:
-            return np.empty(0, np.int64), np.empty(0)
-        k, lost = np.concatenate(where), np.concatenate(before)
-        order = np.argsort(k, kind="stable")
-        return k[order], lost[order]
+            where.append(seams[v[len(seams) :] < v[: len(seams)]])
+        k = np.sort(np.concatenate(where)) if where else np.empty(0, np.int64)
+        if not len(k):
+            return k, np.empty(0)
+        return k, self.at(k - 1)[1]

@@ -224,3 +224,36 @@ def test_buckets_place_each_series_summary_on_the_grid_whatever_its_gaps():
         expected[:, ((summary.ts - lo) // width).astype(int)] = summary.rows
         got = np.stack([b.count, b.sum, b.min, b.max, b.first_ts, b.first, b.last_ts, b.last, b.resets])[:, i * 30 : (i + 1) * 30]
         np.testing.assert_array_equal(got, expected[1:])
+
+
+@pytest.mark.parametrize("grid", GRIDS[2:], ids=["step1h-hours", "step5m-5minutes"])
+def test_summary_batches_do_not_change_answers(tmp_path, monkeypatch, grid):
+    """Series are evaluated from summaries in batches that fit the CPU's cache: one series a batch gives every
+    query the same answer, bit for bit, as all of them in one."""
+    from roost import promql
+    from roost.promql import engine
+
+    store = Store.open(tmp_path / "roost", StoreOptions(fsync=False), writer=True)
+    try:
+        for series, (ts, values) in _dataset().items():
+            store.write_bulk(series, ts, values)
+
+        def answers() -> dict:
+            out = {}
+            for query, _covers in QUERIES:
+                node = promql.parse(query)
+                view = store.read_view(vs.selector for vs, _back in promql.selections(node))
+                out[query] = view.run(lambda v, node=node: promql.Evaluator(v, *grid).eval(node))
+            return out
+
+        whole = answers()
+        monkeypatch.setattr(engine, "_BATCH_BUCKETS", 1)
+        for query, got in answers().items():
+            if isinstance(got, np.ndarray):
+                np.testing.assert_array_equal(got, whole[query])
+                continue
+            assert got.labels == whole[query].labels, query
+            np.testing.assert_array_equal(got.present, whole[query].present, err_msg=query)
+            np.testing.assert_array_equal(got.values, whole[query].values, err_msg=query)
+    finally:
+        store.close()

@@ -37,7 +37,10 @@ from roost.store.codec import unscale
 
 LOOKBACK_MS = 5 * 60_000
 MAX_STEPS = 11_000  # Prometheus' limit of points per series in one range query
-_BATCH_BUCKETS = 250_000  # summary buckets evaluated at once: 10 fields of float64, 20 MB
+# Summary buckets evaluated at once: 10 fields of float64, 1.6 MB, which stays in the CPU's cache through the
+# rate functions' ~30 passes. Measured on 31 counters over 9 days of 5-minute buckets: sum(increase(x[1d])) 12.1 ms
+# in batches of 20 MB, 4.6-4.9 ms in batches of 0.8-1.6 MB (and 5.7-7.2 with one series a batch).
+_BATCH_BUCKETS = 20_000
 
 Labels = tuple[tuple[str, str], ...]  # sorted, with ("__name__", metric) while the name is kept
 

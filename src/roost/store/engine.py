@@ -239,7 +239,7 @@ def _gather(
     sizes = [p.n if isinstance(p, Decoded) else len(p[0]) for p in parts]
     total = sum(sizes)
     if scratch is not None and total <= _SCRATCH_SAMPLES:
-        if len(getattr(scratch, "ts", ())) < total:
+        if getattr(scratch, "ts", None) is None or len(scratch.ts) < total:  # none yet in this thread, or too short
             scratch.ts, scratch.values = np.empty(total, np.int64), np.empty(total, np.float64)
         ts, values = scratch.ts[:total], scratch.values[:total]
     else:

@@ -16,7 +16,7 @@ import pytest
 from roost.errors import StoreError
 from roost.model import Reading, Series, now_ms
 from roost.selector import Selector
-from roost.store import DAY_MS, RetentionRule, Store, StoreOptions
+from roost.store import DAY_MS, RetentionRule, Samples, Store, StoreOptions
 from roost.store.codec import unscale
 from roost.store.summaries import COUNT, LAST, summarize
 from roost.store.wal import segment_path
@@ -557,8 +557,13 @@ def test_samples_answer_as_the_expanded_read_does(tmp_path):
             def check(v):
                 expected = {data.series: (data.ts.copy(), data.values.copy()) for data in v.read(selector, lo, hi)}
                 checked = 0
+                gap = hi - lo + 120_000  # joined, each series after the one before (promql's batches)
+                pieces, joined_ts, joined_values = [], [], []
                 for series, samples in v.samples(selector, lo, hi):
                     ts, values = expected.pop(series)
+                    pieces.append(samples.shifted(len(pieces) * gap))
+                    joined_ts.append(ts + (len(pieces) - 1) * gap)
+                    joined_values.append(values)
                     got_ts, got_values = samples.arrays()
                     np.testing.assert_array_equal(got_ts, ts)
                     assert got_values.tobytes() == values.tobytes(), series  # bit for bit, -0.0 included
@@ -581,6 +586,21 @@ def test_samples_answer_as_the_expanded_read_does(tmp_path):
                     np.testing.assert_array_equal(lost, values[fell - 1])
                     checked += 1
                 assert not expected and checked == len(cases)
+                joined = Samples.joined(pieces)  # read after every series: the copies outlive the scratch arrays
+                ts, values = np.concatenate(joined_ts), np.concatenate(joined_values)
+                got_ts, got_values = joined.arrays()
+                np.testing.assert_array_equal(got_ts, ts)
+                assert got_values.tobytes() == values.tobytes()
+                times = np.sort(np.concatenate([rng.integers(lo - 60_000, hi + 60_000, 300) + i * gap for i in range(len(pieces))]))
+                for side in ("left", "right"):
+                    np.testing.assert_array_equal(joined.index(times, side), np.searchsorted(ts, times, side))
+                k = rng.integers(0, len(ts), 2_000)
+                np.testing.assert_array_equal(joined.at(k)[0], ts[k])
+                where, lost = joined.drops()
+                starts = np.cumsum([len(t) for t in joined_ts])[:-1]
+                fell = np.setdiff1d(np.flatnonzero(values[1:] < values[:-1]) + 1, starts)  # not across series
+                np.testing.assert_array_equal(where, fell)
+                np.testing.assert_array_equal(lost, values[fell - 1])
 
             scaled: set[Series] = set()
             view.run(check)

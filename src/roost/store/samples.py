@@ -28,32 +28,73 @@ class Samples:
 
     __slots__ = (
         "n", "_parts", "_firsts", "_starts", "_intervals", "_least", "_most", "_sizes", "_edges", "_arrays",
-        "_jittered", "_jitter", "_flat", "_scaled",
+        "_jittered", "_jitter", "_flat", "_scaled", "_joins",
     )
 
     def __init__(self, parts: list[tuple[Decoded, int, int] | tuple[np.ndarray, np.ndarray]]):
-        self._parts = parts = [p for p in parts if (p[2] > p[1] if len(p) == 3 else len(p[0]))]
+        parts = [p for p in parts if (p[2] > p[1] if len(p) == 3 else len(p[0]))]
         runs = [len(p) == 3 for p in parts]
-        self._arrays = [i for i, run in enumerate(runs) if not run]  # the array parts' positions
-        firsts = [p[0].first + p[1] * p[0].interval if run else int(p[0][0]) for p, run in zip(parts, runs)]
-        intervals = [p[0].interval if run else 1 for p, run in zip(parts, runs)]  # array parts are searched
-        sizes = [p[2] - p[1] if run else len(p[0]) for p, run in zip(parts, runs)]
-        self._jittered = any(run and p[0].offsets is not None for p, run in zip(parts, runs))
-        self._firsts = np.array(firsts, np.int64)  # sample k0's time, without its offset
-        self._intervals = np.array(intervals, np.int64)
-        self._sizes = np.array(sizes, np.int64)
+        firsts = np.array(  # sample k0's time, without its offset
+            [p[0].first + p[1] * p[0].interval if run else int(p[0][0]) for p, run in zip(parts, runs)], np.int64
+        )
+        intervals = np.array([p[0].interval if run else 1 for p, run in zip(parts, runs)], np.int64)  # arrays are searched
+        sizes = np.array([p[2] - p[1] if run else len(p[0]) for p, run in zip(parts, runs)], np.int64)
+        starts, least, most = firsts, None, None  # each part's first sample's time; the least and most offset
+        if any(run and p[0].offsets is not None for p, run in zip(parts, runs)):
+            jitter = [run and p[0].offsets is not None for p, run in zip(parts, runs)]
+            starts = firsts + [int(p[0].offsets[p[1]]) if j else 0 for p, j in zip(parts, jitter)]
+            least = np.array([p[0].spread[0] if run else 0 for p, run in zip(parts, runs)], np.int64)
+            most = np.array([p[0].spread[1] if run else 0 for p, run in zip(parts, runs)], np.int64)
+        self._set(parts, firsts, intervals, sizes, starts, least, most)
+
+    def _set(self, parts, firsts, intervals, sizes, starts, least, most) -> None:
+        self._parts = parts
+        self._arrays = [i for i, p in enumerate(parts) if len(p) == 2]  # the array parts' positions
+        self._firsts, self._intervals, self._sizes, self._starts = firsts, intervals, sizes, starts
+        self._jittered = least is not None
+        self._least, self._most = least, most
         self._edges = np.zeros(len(parts) + 1, np.int64)  # part i holds samples edges[i] <= k < edges[i + 1]
-        np.cumsum(self._sizes, out=self._edges[1:])
+        np.cumsum(sizes, out=self._edges[1:])
         self.n = int(self._edges[-1])
-        self._starts = self._firsts  # each part's first sample's time
-        if self._jittered:
-            jitter = [p[0].offsets is not None if run else False for p, run in zip(parts, runs)]
-            self._starts = self._firsts + [int(p[0].offsets[p[1]]) if j else 0 for p, j in zip(parts, jitter)]
-            self._least = np.array([p[0].spread[0] if run else 0 for p, run in zip(parts, runs)], np.int64)
-            self._most = np.array([p[0].spread[1] if run else 0 for p, run in zip(parts, runs)], np.int64)
         self._jitter: np.ndarray | None = None  # `_jitter_of`
         self._flat: np.ndarray | tuple[np.ndarray, int] | None = None
         self._scaled: tuple[np.ndarray, int] | None | bool = False  # False: not looked at yet
+        self._joins: np.ndarray | None = None  # `joined`: the parts where a piece begins, after the first
+
+    @property
+    def array_samples(self) -> int:
+        """How many samples are held in arrays (not steady runs): what `shifted` copies."""
+        return int(self._sizes[self._arrays].sum()) if self._arrays else 0
+
+    def shifted(self, shift: int) -> Samples:
+        """The same samples `shift` ms later, with copies of the array parts (a `ReadView.samples` series reads
+        them into scratch arrays that the next series reuses): a piece for `joined`."""
+        parts = [p if len(p) == 3 else (p[0] + shift, p[1].copy()) for p in self._parts]
+        out = Samples.__new__(Samples)
+        out._set(parts, self._firsts + shift, self._intervals, self._sizes, self._starts + shift, self._least, self._most)
+        return out
+
+    @classmethod
+    def joined(cls, pieces: list[Samples]) -> Samples:
+        """Samples laid end to end, each piece's times after the one before's (`shifted` makes them so): several
+        series looked up in one call each instead of one per series."""
+        if len(pieces) == 1:
+            return pieces[0]
+        jittered = any(p._jittered for p in pieces)
+
+        def spread(p: Samples, which: str) -> np.ndarray:
+            got = getattr(p, which)
+            return got if got is not None else np.zeros(len(p._parts), np.int64)
+
+        out = cls.__new__(cls)
+        out._set(
+            [part for p in pieces for part in p._parts],
+            *(np.concatenate([getattr(p, name) for p in pieces]) for name in ("_firsts", "_intervals", "_sizes", "_starts")),
+            np.concatenate([spread(p, "_least") for p in pieces]) if jittered else None,
+            np.concatenate([spread(p, "_most") for p in pieces]) if jittered else None,
+        )
+        out._joins = np.cumsum([len(p._parts) for p in pieces[:-1]])
+        return out
 
     # ------------------------------------------------------------------ positions
 
@@ -165,19 +206,23 @@ class Samples:
 
     def drops(self) -> tuple[np.ndarray, np.ndarray]:
         """The indices k whose value is below sample k-1's, and those values of k-1 (what a counter's reset adds
-        back), in order."""
+        back), in order; in `joined` samples, not where one piece ends and the next begins."""
         where = []
         for piece, a in zip(self._parts, self._edges[:-1].tolist()):
             if len(piece) == 3:  # a chunk's drops are found once (`Decoded.drops`)
                 chunk, k0, k1 = piece
                 d = chunk.drops()
-                if len(d) and (d[0] <= k0 or d[-1] >= k1):
+                if not len(d):
+                    continue
+                if d[0] <= k0 or d[-1] >= k1:
                     d = d[(d > k0) & (d < k1)]
                 where.append(d - k0 + a)
             else:
                 v = piece[1]
                 where.append(np.flatnonzero(v[1:] < v[:-1]) + 1 + a)
         seams = self._edges[1:-1]  # between parts: the last sample of one and the first of the next
+        if self._joins is not None:  # not between joined pieces (other series)
+            seams = np.delete(seams, self._joins - 1)
         if len(seams):
             _t, v = self.at(np.concatenate([seams - 1, seams]))
             where.append(seams[v[len(seams) :] < v[: len(seams)]])

@@ -412,13 +412,18 @@ def _vector_vector(b: ast.Binary, lhs: Vector, rhs: Vector) -> Vector:
 
 
 def _stack(labels: list[Labels], rows: list[np.ndarray], masks: list[np.ndarray], steps: int) -> Vector:
+    """One vector of the (series, steps) values and masks of each batch of series."""
     if not rows:
         return Vector.empty(steps)
+    if len(rows) == 1:
+        return Vector(labels, rows[0], masks[0])
     return Vector(labels, np.vstack(rows), np.vstack(masks))
 
 
 def _shifted(ref: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """The steps of every series of a batch (`Evaluator._batches`) on its shifted times, series after series."""
+    if len(shifts) == 1 and not shifts[0]:
+        return ref
     return (shifts[:, None] + ref[None, :]).ravel()
 
 
@@ -541,9 +546,9 @@ def _rate_inputs(is_counter: bool):
 
     def fn(s: Samples, lo, hi, _ref, _range):
         n = hi - lo  # windows with fewer than two samples give garbage, masked by the caller
-        t, v = s.at(np.concatenate([np.minimum(lo, s.n - 1), np.maximum(hi - 1, 0)]))
-        first_v = v[: len(lo)]
-        result = v[len(lo) :] - first_v
+        first_t, first_v = s.at(np.minimum(lo, s.n - 1))  # each in order: `at` is fastest so
+        last_t, last_v = s.at(np.maximum(hi - 1, 0))
+        result = last_v - first_v
         if is_counter:
             # a drop between consecutive samples is a reset: the counter restarted from zero, so the value
             # before it is added back (the sum over each window's resets, as `_sparse_window_sum` adds them)
@@ -552,7 +557,7 @@ def _rate_inputs(is_counter: bool):
             if len(at):
                 n_lo, n_hi = np.searchsorted(at, lo + 1), np.searchsorted(at, hi)
                 result += np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
-        return np.vstack((result, t[: len(lo)], t[len(lo) :], first_v, n)), n >= 2
+        return np.vstack((result, first_t, last_t, first_v, n)), n >= 2
 
     return fn
 
@@ -562,9 +567,8 @@ def _irate(s: Samples, lo, hi, _ref, _range):
     out = np.zeros(len(lo))
     if not ok.any():
         return out, ok
-    t, v = s.at(np.concatenate([hi[ok] - 1, hi[ok] - 2]))
-    half = len(t) // 2
-    last_t, last, prev_t, prev = t[:half], v[:half], t[half:], v[half:]
+    last_t, last = s.at(hi[ok] - 1)
+    prev_t, prev = s.at(hi[ok] - 2)
     result = np.where(last < prev, last, last - prev)
     interval = last_t - prev_t
     good = interval != 0

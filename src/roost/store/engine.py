@@ -735,15 +735,17 @@ class Store:
         the cache needs no invalidation. Dashboards ask for the same recent days over and over.
         """
         out = [(row_id, decode_chunk(blob)) for row_id, blob in self._fetch(conn, "open_chunks", ids)]
-        for row_id, file_id, offset, length in self._fetch(conn, "chunks", ids, _LOCATION):
-            key = (file_id, offset)
-            with self._cache_lock:  # queries also run in a worker thread (ReadView)
-                hit = self._cache.get(key)
+        located = self._fetch(conn, "chunks", ids, _LOCATION)
+        cache = self._cache
+        with self._cache_lock:  # queries also run in a worker thread (ReadView); the hits at once
+            hits = [cache.get((file_id, offset)) for _row_id, file_id, offset, _length in located]
+            for hit, (_row_id, file_id, offset, _length) in zip(hits, located):
                 if hit is not None:
-                    self._cache.move_to_end(key)
-            if hit is None:
+                    cache.move_to_end((file_id, offset))
+        for hit, (row_id, file_id, offset, length) in zip(hits, located):
+            if hit is None:  # decoded outside the lock
                 hit = Decoded(self.files.read(file_id, offset, length))
-                self._cache_put(key, hit)
+                self._cache_put((file_id, offset), hit)
             out.append((row_id, hit))
         return out
 
@@ -1105,8 +1107,11 @@ class Store:
                 other.add(day)
         runs = []
         for day in sorted(steady):
-            chunk = steady[day]  # samples k0 <= k < k1 lie in [lo, hi)
-            runs.append((chunk, chunk.before(lo), chunk.before(hi)))
+            chunk = steady[day]  # samples k0 <= k < k1 lie in [lo, hi): all of a day inside it
+            if lo <= day * DAY_MS and (day + 1) * DAY_MS <= hi:
+                runs.append((chunk, 0, chunk.n))
+            else:
+                runs.append((chunk, chunk.before(lo), chunk.before(hi)))
         rest = [d for d in days if d not in steady]
         if not rest:
             return Samples(runs)

@@ -32,20 +32,30 @@ class Samples:
     )
 
     def __init__(self, parts: list[tuple[Decoded, int, int] | tuple[np.ndarray, np.ndarray]]):
-        parts = [p for p in parts if (p[2] > p[1] if len(p) == 3 else len(p[0]))]
-        runs = [len(p) == 3 for p in parts]
-        firsts = np.array(  # sample k0's time, without its offset
-            [p[0].first + p[1] * p[0].interval if run else int(p[0][0]) for p, run in zip(parts, runs)], np.int64
-        )
-        intervals = np.array([p[0].interval if run else 1 for p, run in zip(parts, runs)], np.int64)  # arrays are searched
-        sizes = np.array([p[2] - p[1] if run else len(p[0]) for p, run in zip(parts, runs)], np.int64)
-        starts, least, most = firsts, None, None  # each part's first sample's time; the least and most offset
-        if any(run and p[0].offsets is not None for p, run in zip(parts, runs)):
-            jitter = [run and p[0].offsets is not None for p, run in zip(parts, runs)]
-            starts = firsts + [int(p[0].offsets[p[1]]) if j else 0 for p, j in zip(parts, jitter)]
-            least = np.array([p[0].spread[0] if run else 0 for p, run in zip(parts, runs)], np.int64)
-            most = np.array([p[0].spread[1] if run else 0 for p, run in zip(parts, runs)], np.int64)
-        self._set(parts, firsts, intervals, sizes, starts, least, most)
+        kept, firsts, intervals, sizes, offsets = [], [], [], [], []
+        for p in parts:  # one pass: a query makes one of these per series
+            if len(p) == 3:
+                chunk, k0, k1 = p
+                if k1 > k0:
+                    kept.append(p)
+                    firsts.append(chunk.first + k0 * chunk.interval)  # sample k0's time, without its offset
+                    intervals.append(chunk.interval)
+                    sizes.append(k1 - k0)
+                    offsets.append(chunk.offsets)
+            elif len(p[0]):
+                kept.append(p)
+                firsts.append(int(p[0][0]))
+                intervals.append(1)  # array parts are searched
+                sizes.append(len(p[0]))
+                offsets.append(None)
+        starts = first = np.array(firsts, np.int64)
+        least = most = None  # each part's least and most offset, if any run has offsets
+        if any(o is not None and len(p) == 3 for o, p in zip(offsets, kept)):
+            jittered = [o is not None and len(p) == 3 for o, p in zip(offsets, kept)]
+            starts = first + [int(o[p[1]]) if j else 0 for o, p, j in zip(offsets, kept, jittered)]
+            least = np.array([p[0].spread[0] if j else 0 for p, j in zip(kept, jittered)], np.int64)
+            most = np.array([p[0].spread[1] if j else 0 for p, j in zip(kept, jittered)], np.int64)
+        self._set(kept, first, np.array(intervals, np.int64), np.array(sizes, np.int64), starts, least, most)
 
     def _set(self, parts, firsts, intervals, sizes, starts, least, most) -> None:
         self._parts = parts
@@ -69,6 +79,8 @@ class Samples:
     def shifted(self, shift: int) -> Samples:
         """The same samples `shift` ms later, with copies of the array parts (a `ReadView.samples` series reads
         them into scratch arrays that the next series reuses): a piece for `joined`."""
+        if not shift and not self._arrays:  # nothing to move or copy
+            return self
         parts = [p if len(p) == 3 else (p[0] + shift, p[1].copy()) for p in self._parts]
         out = Samples.__new__(Samples)
         out._set(parts, self._firsts + shift, self._intervals, self._sizes, self._starts + shift, self._least, self._most)
@@ -100,11 +112,12 @@ class Samples:
 
     def index(self, t: np.ndarray, side: str = "left") -> np.ndarray:
         """`np.searchsorted(ts, t, side)` over all the samples, for sorted times `t`."""
-        part = np.searchsorted(self._starts, t, "right") - 1  # the last part starting at or before each time
         out = np.zeros(len(t), np.int64)
-        inside = part >= 0
-        p = part[inside]
-        tt = t[inside]
+        cut = int(np.searchsorted(t, self._starts[0], "left")) if len(self._starts) else len(t)
+        if cut == len(t):
+            return out
+        p = _ordered_part(self._starts, t)[cut:]  # the last part starting at or before each time (before
+        tt = t[cut:]  # `cut`, none: those times come before every sample)
         first, interval, size = self._firsts[p], self._intervals[p], self._sizes[p]
         if not self._jittered:  # exact runs: the index itself (>= 0: the run starts at or before t)
             gap = tt - first
@@ -117,26 +130,30 @@ class Samples:
             local = np.clip(lo, 0, size)
             hi = np.minimum(hi, size)
             base = self._edges[p]
-            ts_of = self._run_times
             for _ in range(int((hi - local).max(initial=0))):  # one step per sample the offsets leave in doubt
                 doubt = local < hi
                 if not doubt.any():
                     break
-                k = np.minimum(local, size - 1)
-                near = ts_of(base + k) < tt if side == "left" else ts_of(base + k) <= tt
-                local += doubt & near
+                k = base + np.minimum(local, size - 1)
+                ts = self._run_times(k, self._part(k)[0])
+                local += doubt & (ts < tt if side == "left" else ts <= tt)
         if self._arrays:
             runs = np.searchsorted(p, np.arange(len(self._parts) + 1))
             for i in self._arrays:
                 a, b = runs[i], runs[i + 1]
                 if a < b:
                     local[a:b] = np.searchsorted(self._parts[i][0], tt[a:b], side)
-        out[inside] = self._edges[p] + np.minimum(local, size)
+        out[cut:] = self._edges[p] + np.minimum(local, size)
         return out
 
-    def _run_times(self, k: np.ndarray) -> np.ndarray:
-        """The times of samples `k` as their runs give them (wrong for samples of array parts)."""
-        part = np.searchsorted(self._edges, k, "right") - 1
+    def _part(self, k: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The part that holds each of samples `k`, and whether `k` is in order."""
+        if len(k) > 1 and not (k[1:] >= k[:-1]).all():
+            return np.searchsorted(self._edges, k, "right") - 1, False
+        return _ordered_part(self._edges, k), True
+
+    def _run_times(self, k: np.ndarray, part: np.ndarray) -> np.ndarray:
+        """The times of samples `k` in parts `part` as their runs give them (wrong for samples of array parts)."""
         ts = self._firsts[part] + (k - self._edges[part]) * self._intervals[part]
         if self._jittered:
             ts += self._jitter_of()[k]
@@ -154,12 +171,15 @@ class Samples:
         return self._jitter
 
     def at(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The timestamps and values of samples `k` (indices < n, in any order)."""
-        ts = self._run_times(k)
+        """The timestamps and values of samples `k` (indices < n, in any order; fastest in order)."""
+        part, ordered = self._part(k)
+        ts = self._run_times(k, part)
         if self._arrays:
-            part = np.searchsorted(self._edges, k, "right") - 1
             for i in self._arrays:
-                mine = part == i
+                if ordered:  # its samples are one slice of k
+                    mine = slice(*np.searchsorted(part, [i, i + 1]).tolist())
+                else:
+                    mine = part == i
                 ts[mine] = self._parts[i][0][k[mine] - self._edges[i]]
         flat = self._flat_values()
         if isinstance(flat, np.ndarray):
@@ -230,3 +250,13 @@ class Samples:
         if not len(k):
             return k, np.empty(0)
         return k, self.at(k - 1)[1]
+
+
+def _ordered_part(bounds: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """`np.searchsorted(bounds, t, "right") - 1` (the last bound at or before each time, -1 before the first) for
+    sorted `t`, by counting the times between consecutive bounds: one search per bound, not one per time (20 µs
+    instead of 300 for a batch's 31,000 steps over 249 parts)."""
+    if len(t) <= 4096:  # a series' steps: the plain search costs less than the counting's few calls
+        return np.searchsorted(bounds, t, "right") - 1
+    counts = np.diff(np.searchsorted(t, bounds, "left"), prepend=0, append=len(t))
+    return np.repeat(np.arange(-1, len(bounds), dtype=np.int64), counts)

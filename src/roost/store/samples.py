@@ -41,21 +41,20 @@ class Samples:
                     firsts.append(chunk.first + k0 * chunk.interval)  # sample k0's time, without its offset
                     intervals.append(chunk.interval)
                     sizes.append(k1 - k0)
-                    offsets.append(chunk.offsets)
+                    offsets.append(chunk.offsets)  # None where exact
             elif len(p[0]):
                 kept.append(p)
                 firsts.append(int(p[0][0]))
                 intervals.append(1)  # array parts are searched
                 sizes.append(len(p[0]))
                 offsets.append(None)
-        starts = first = np.array(firsts, np.int64)
+        starts = firsts = np.array(firsts, np.int64)  # each part's first sample's time
         least = most = None  # each part's least and most offset, if any run has offsets
-        if any(o is not None and len(p) == 3 for o, p in zip(offsets, kept)):
-            jittered = [o is not None and len(p) == 3 for o, p in zip(offsets, kept)]
-            starts = first + [int(o[p[1]]) if j else 0 for o, p, j in zip(offsets, kept, jittered)]
-            least = np.array([p[0].spread[0] if j else 0 for p, j in zip(kept, jittered)], np.int64)
-            most = np.array([p[0].spread[1] if j else 0 for p, j in zip(kept, jittered)], np.int64)
-        self._set(kept, first, np.array(intervals, np.int64), np.array(sizes, np.int64), starts, least, most)
+        if any(o is not None for o in offsets):
+            starts = firsts + [0 if o is None else int(o[p[1]]) for o, p in zip(offsets, kept)]
+            least = np.array([0 if o is None else p[0].spread[0] for o, p in zip(offsets, kept)], np.int64)
+            most = np.array([0 if o is None else p[0].spread[1] for o, p in zip(offsets, kept)], np.int64)
+        self._set(kept, firsts, np.array(intervals, np.int64), np.array(sizes, np.int64), starts, least, most)
 
     def _set(self, parts, firsts, intervals, sizes, starts, least, most) -> None:
         self._parts = parts
@@ -116,8 +115,9 @@ class Samples:
         cut = int(np.searchsorted(t, self._starts[0], "left")) if len(self._starts) else len(t)
         if cut == len(t):
             return out
-        p = _ordered_part(self._starts, t)[cut:]  # the last part starting at or before each time (before
-        tt = t[cut:]  # `cut`, none: those times come before every sample)
+        # times before `cut` come before every sample (0); each other falls in the last part starting at or before it
+        p = _ordered_part(self._starts, t)[cut:]
+        tt = t[cut:]
         first, interval, size = self._firsts[p], self._intervals[p], self._sizes[p]
         if not self._jittered:  # exact runs: the index itself (>= 0: the run starts at or before t)
             gap = tt - first

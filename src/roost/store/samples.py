@@ -6,7 +6,9 @@ offsets as int16) — needs no timestamp array: which samples a PromQL window ho
 against the few samples the offsets leave in doubt, and when the first and last of them were taken is one
 lookup each. Its values stay the chunk's scaled integers until a function needs them all, and its counter
 resets are found once per chunk. A range function over a week of such days reads a few values per step
-instead of expanding 40,000 samples twice (`roost.promql` works on `Samples` only).
+instead of expanding 40,000 samples twice (`roost.promql` works on `Samples` only). A query lays up to 64
+series' `Samples` end to end, each moved in time past the one before (`shifted`, `joined`), and looks their
+windows up in one call each: per series, the calls cost more than the arithmetic.
 
 Every answer is what the same question asked of the expanded arrays (`arrays()`) gives: `index` is
 `np.searchsorted`, `at` is indexing, and values come out bit for bit as `Decoded.into` writes them.

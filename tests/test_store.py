@@ -483,8 +483,8 @@ def test_days_sealed_by_compaction_keep_their_five_minute_summaries(tmp_path, mo
 
 
 def test_a_query_reads_samples_instead_of_summaries_the_store_could_not_keep(tmp_path, monkeypatch):
-    """Summaries of more series-days than the summary cache holds would be made again from the chunks on every
-    read: the query reads the samples instead, and answers the same."""
+    """Summaries of more series-days than the summary cache (a quarter of `cache_bytes`) holds would be made again
+    from the chunks on every read: the query reads the samples instead, and answers the same."""
     from roost import promql
     from roost.api.prometheus import _range_body
     from roost.store import engine
@@ -495,28 +495,32 @@ def test_a_query_reads_samples_instead_of_summaries_the_store_could_not_keep(tmp
         for room in range(12):
             s.write_bulk(Series.of("humidity_percent", room=f"r{room}"), ts, np.round(rng.uniform(40, 60, len(ts)), 1),
                          now=T0 + 4 * DAY_MS)
-        asked: list[int] = []
-        summaries = engine.ReadView.summaries
+    asked: list[int] = []
+    summaries = engine.ReadView.summaries
 
-        def spy(self, *args, **kw):
-            asked.append(1)
-            return summaries(self, *args, **kw)
+    def spy(self, *args, **kw):
+        asked.append(1)
+        return summaries(self, *args, **kw)
 
-        monkeypatch.setattr(engine.ReadView, "summaries", spy)
+    monkeypatch.setattr(engine.ReadView, "summaries", spy)
+    queries = ["avg(humidity_percent)", "max by (room) (max_over_time(humidity_percent[1h]))"]
 
-        def answer(query: str) -> bytes:
-            node = promql.parse(query)
-            start, end, step = T0 + DAY_MS, T0 + 3 * DAY_MS - 600_000, 600_000  # on the 5-minute grid
-            return s.read_view().run(lambda v: _range_body(promql.Evaluator(v, start, end, step).eval(node), start, end, step))
+    def answers(cache_bytes: int) -> list[bytes]:
+        with Store.open(tmp_path / "d", StoreOptions(fsync=False, cache_bytes=cache_bytes), writer=False) as s:
+            out = []
+            for query in queries:
+                node = promql.parse(query)
+                start, end, step = T0 + DAY_MS, T0 + 3 * DAY_MS - 600_000, 600_000  # on the 5-minute grid
+                view = s.read_view()
+                out.append(view.run(lambda v: _range_body(promql.Evaluator(v, start, end, step).eval(node), start, end, step)))
+            return out
 
-        queries = ["avg(humidity_percent)", "max by (room) (max_over_time(humidity_percent[1h]))"]
-        from_summaries = [answer(q) for q in queries]
-        assert len(asked) == 2
-        # 12 series x 2 or 3 days of 5-minute summaries are 553 or 829 kB: more than 3/4 of a 512 kB cache
-        monkeypatch.setattr(engine, "_SUMMARY_CACHE_BYTES", 512 * 1024)
-        asked.clear()
-        assert [answer(q) for q in queries] == from_summaries
-        assert asked == []
+    from_summaries = answers(128 * 1024 * 1024)
+    assert len(asked) == 2
+    # 12 series x 2 or 3 days of 5-minute summaries are 553 or 829 kB: more than 3/4 of a 512 kB summary cache
+    asked.clear()
+    assert answers(2 * 1024 * 1024) == from_summaries
+    assert asked == []
 
 
 def test_samples_answer_as_the_expanded_read_does(tmp_path):

@@ -122,7 +122,7 @@ class StoreSettings:
     compact_interval_ms: Duration = field(default=Duration(15 * 60_000), metadata={"min": 1000})
     fsync: bool = True
     max_buffered: int = field(default=100_000, metadata={"min": 0})
-    cache_mb: int = field(default=128, metadata={"min": 1})  # decoded day chunks kept for queries
+    cache_mb: int = field(default=128, metadata={"min": 1})  # decoded day chunks kept for queries (+ 1/4: summaries)
     retention: list[RetentionRule] = field(default_factory=list)
 
 

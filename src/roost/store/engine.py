@@ -59,8 +59,9 @@ AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
 _BLOCK_OFFSETS = np.arange(BLOCK_DAYS, dtype=np.int64)
 _FULL_MASK = (1 << BLOCK_DAYS) - 1
 _ROLLUP_CACHE_BLOCKS = 4096  # ~32 KB decoded each: a year of 10 series x 12 blocks is 120
-# 5-minute day summaries ~23 KB, hourly ones of a rollup block ~61 KB: a week and a month of 100 series fit together
-_SUMMARY_CACHE_BYTES = 32 * 1024 * 1024
+# The summary cache takes this share of `StoreOptions.cache_bytes` again (32 MB at the default 128 MB): 5-minute
+# day summaries ~23 KB, hourly ones of a rollup block ~61 KB, so a week and a month of 100 series fit together.
+_SUMMARY_CACHE_SHARE = 4
 WARM_DAYS = 8  # a week of days and the one before it (a week-long range rarely starts at midnight)
 _WARM_SUMMARY_BYTES = 20 * 1024 * 1024  # what `warm_summaries` fills at most: a week of 100 series (18.4 MB)
 
@@ -97,7 +98,8 @@ class RetentionRule:
 class StoreOptions:
     max_series: int = 10_000
     fsync: bool = True
-    cache_bytes: int = 128 * 1024 * 1024  # decoded sealed chunks kept (compactly, codec.Decoded) for repeated queries
+    cache_bytes: int = 128 * 1024 * 1024  # decoded sealed chunks kept (compactly, codec.Decoded) for repeated
+    # queries; a quarter as much again for their summaries
     retention: tuple[RetentionRule, ...] = ()
 
 
@@ -291,6 +293,7 @@ class Store:
         self._cache_lock = threading.Lock()
         self._summary_cache: OrderedDict[tuple, Summary] = OrderedDict()  # by chunk location or rollup block
         self._summary_bytes = 0
+        self._summary_budget = self.options.cache_bytes // _SUMMARY_CACHE_SHARE
         self._scratch = threading.local()  # per thread: arrays for transient reads (`_gather`)
         self._view_lock = threading.Lock()  # one ReadView reads at a time, on `_view_conn`
         self._view_conn: sqlite3.Connection | None = None
@@ -1219,7 +1222,7 @@ class Store:
 
     def warm_summaries(self, days: int = WARM_DAYS) -> int:
         """Summarize the newest `days` sealed days of every series at 5 minutes into the summary cache, newest
-        day first, until the cache holds `_WARM_SUMMARY_BYTES`; returns the days summarized.
+        day first, until the cache holds `_WARM_SUMMARY_BYTES` (or half its budget); returns the days summarized.
 
         The hub runs it before it serves (`roost.api.prometheus`): a week on the Grafana grid (step 10m) is read
         from these summaries, and making them costs a query of 32 series ~40 ms where reading them takes 6; the
@@ -1237,7 +1240,7 @@ class Store:
             raise StoreError(f"{self.db_path}: cannot list the newest chunks: {exc}") from None
         done = 0
         for file_id, offset, length in newest:
-            if self._summary_bytes >= _WARM_SUMMARY_BYTES:
+            if self._summary_bytes >= min(_WARM_SUMMARY_BYTES, self._summary_budget // 2):
                 break
             try:
                 self._chunk_summary(file_id, offset, length, FIVE_MINUTES_MS)
@@ -1252,7 +1255,7 @@ class Store:
                 return
             self._summary_cache[key] = summary
             self._summary_bytes += summary.nbytes
-            while self._summary_bytes > _SUMMARY_CACHE_BYTES and self._summary_cache:
+            while self._summary_bytes > self._summary_budget and self._summary_cache:
                 _key, old = self._summary_cache.popitem(last=False)
                 self._summary_bytes -= old.nbytes
 
@@ -1506,7 +1509,7 @@ class ReadView:
             return True
         days = (end_ms - 1) // DAY_MS - start_ms // DAY_MS + 1
         per_day = (DAY_MS // width_ms) * len(SUMMARY_FIELDS) * 8
-        return self.count(selector) * days * per_day <= _SUMMARY_CACHE_BYTES * 3 // 4
+        return self.count(selector) * days * per_day <= self._store._summary_budget * 3 // 4
 
     def _matches(self, selector: Selector) -> list[tuple[int, Series]]:
         return self._index.match(selector)

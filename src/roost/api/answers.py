@@ -24,7 +24,7 @@ import gzip
 from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["AnswerCache", "Kept", "pack"]
+__all__ = ["AnswerCache", "Kept", "pack", "worth_packing"]
 
 ASKED_KEYS = 4096  # requests remembered (by hash) to tell a repeated one from a one-off
 # Answers from this size on are kept gzipped: level 1 packs JSON of numbers ~4x at ~130 MB/s, and unpacking one for
@@ -40,12 +40,14 @@ class Kept:
     gzipped: bool = False
 
 
+def worth_packing(body: bytes) -> bool:
+    """Whether the cache keeps `body` gzipped (`pack`) rather than as it is (`Kept(body)`)."""
+    return len(body) >= GZIP_FROM
+
+
 def pack(body: bytes) -> Kept:
-    """`body` as the cache keeps it (gzipped from `GZIP_FROM` bytes on); costly for big bodies: call it off the
-    event loop."""
-    if len(body) >= GZIP_FROM:
-        return Kept(gzip.compress(body, compresslevel=1, mtime=0), gzipped=True)
-    return Kept(body)
+    """`body` gzipped, as the cache keeps big answers; costly: call it off the event loop."""
+    return Kept(gzip.compress(body, compresslevel=1, mtime=0), gzipped=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from prometheus_client import Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from roost import __version__, promql
-from roost.api.answers import GZIP_FROM, AnswerCache, Kept, pack
+from roost.api.answers import AnswerCache, Kept, pack, worth_packing
 from roost.durations import parse_duration_ms
 from roost.errors import RoostError, StoreFullError
 from roost.export.prompb import TooLarge, WireError, decode_write_request
@@ -280,7 +280,7 @@ class _PrometheusApi:
             if caching and self._answers.offer(key) and key not in self._packing:
                 # what it read reaches `end` (later with a negative offset)
                 horizon = max((end - vs.offset_ms for vs, _back in selections), default=end)
-                if len(body) < GZIP_FROM:
+                if not worth_packing(body):
                     self._answers.put(key, mark, horizon, Kept(body))
                 else:  # gzipped beside the next requests, not before this one is sent
                     self._packing[key] = asyncio.create_task(self._keep_packed(key, mark, horizon, body))

@@ -271,24 +271,13 @@ class Evaluator:
             vec = _compact(Vector(labels, values, ok))
         else:
             labels, rows, masks = [], [], []
-            extrapolated = call.func in _EXTRAPOLATED
             for series, samples, shifts in self._batches(ms.vector, ms.range_ms):
                 refs = _shifted(ref, shifts)
                 values, ok = _RANGE[call.func](samples, *_windows(samples, refs, ms.range_ms), refs, ms.range_ms)
-                values = values.reshape(*values.shape[:-1], len(series), len(ref))
-                if extrapolated:  # rows (increase, first_t, last_t, first_v, n): the times back from the shift
-                    values[1:3] -= shifts[:, None]
                 labels += [series_labels(x) if keep_name else _drop_name(series_labels(x)) for x in series]
-                rows.append(values)
+                rows.append(values.reshape(len(series), len(ref)))
                 masks.append(ok.reshape(len(series), len(ref)))
-            if extrapolated and rows:  # for every series at once
-                present = np.concatenate(masks)
-                is_counter, is_rate = _EXTRAPOLATED[call.func]
-                with np.errstate(all="ignore"):  # steps without two samples give garbage, dropped here
-                    values = _extrapolate(*np.concatenate(rows, axis=1), ref, ms.range_ms, is_counter, is_rate)
-                vec = _compact(Vector(labels, np.where(present, values, 0.0), present))
-            else:
-                vec = _compact(_stack(labels, rows, masks, len(self.steps)))
+            vec = _compact(_stack(labels, rows, masks, len(self.steps)))
         if len(set(vec.labels)) != len(vec.labels):
             raise ExecutionError("vector cannot contain metrics with the same labelset")
         return vec
@@ -540,12 +529,12 @@ def _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms: int, is_cou
     return interval
 
 
-def _rate_inputs(is_counter: bool):
-    """What Prometheus' extrapolatedRate needs of each window of raw samples, as rows (increase, first_t, last_t,
-    first_v, n), counter resets added back; `_extrapolate` finishes them for all series at once."""
+def _rate(is_counter: bool, is_rate: bool):
+    """Prometheus' extrapolatedRate over each window of raw samples, counter resets added back (the times may be
+    a batch's shifted ones: only their differences count)."""
 
-    def fn(s: Samples, lo, hi, _ref, _range):
-        n = hi - lo  # windows with fewer than two samples give garbage, masked by the caller
+    def fn(s: Samples, lo, hi, ref, range_ms):
+        n = hi - lo
         first_t, first_v = s.at(np.minimum(lo, s.n - 1))  # each in order: `at` is fastest so
         last_t, last_v = s.at(np.maximum(hi - 1, 0))
         result = last_v - first_v
@@ -557,7 +546,10 @@ def _rate_inputs(is_counter: bool):
             if len(at):
                 n_lo, n_hi = np.searchsorted(at, lo + 1), np.searchsorted(at, hi)
                 result += np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
-        return np.vstack((result, first_t, last_t, first_v, n)), n >= 2
+        ok = n >= 2
+        with np.errstate(all="ignore"):  # windows with fewer than two samples give garbage, dropped here
+            out = _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms, is_counter, is_rate)
+        return np.where(ok, out, 0.0), ok
 
     return fn
 
@@ -578,11 +570,10 @@ def _irate(s: Samples, lo, hi, _ref, _range):
     return out, ok
 
 
-_EXTRAPOLATED = {"rate": (True, True), "increase": (True, False), "delta": (False, False)}  # is_counter, is_rate
 _RANGE = {
-    "rate": _rate_inputs(True),  # finished by _extrapolate (_EXTRAPOLATED)
-    "increase": _rate_inputs(True),
-    "delta": _rate_inputs(False),
+    "rate": _rate(True, True),
+    "increase": _rate(True, False),
+    "delta": _rate(False, False),
     "irate": _irate,
     "avg_over_time": _over_time("avg"),
     "min_over_time": _over_time("min"),

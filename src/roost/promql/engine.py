@@ -239,8 +239,10 @@ class Evaluator:
         labels, rows, masks = [], [], []
         for series, samples, shifts in self._batches(vs, LOOKBACK_MS):
             refs = _shifted(ref, shifts)
-            k = samples.index(refs, "right") - 1  # each step's newest sample, if it is in [t - 5m, t] (not in
-            t, values = samples.at(np.maximum(k, 0))  # the series before: those are older than t - 5m)
+            # each step's newest sample, if it is in [t - 5m, t]; one that `index` finds in the series before
+            # (this one has none at or before t) is older than t - 5m
+            k = samples.index(refs, "right") - 1
+            t, values = samples.at(np.maximum(k, 0))
             labels += [series_labels(x) for x in series]
             rows.append(values.reshape(len(series), -1))
             masks.append(((k >= 0) & (t >= refs - LOOKBACK_MS)).reshape(len(series), -1))

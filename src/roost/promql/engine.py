@@ -470,10 +470,15 @@ def _window_reduce(ufunc: np.ufunc, a: np.ndarray, lo: np.ndarray, hi: np.ndarra
 def _sparse_window_sum(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """`a[lo[i]:hi[i]].sum()` for every i, 0 for empty windows, in time proportional to a's non-zero values."""
     nonzero = np.flatnonzero(a)
-    if not len(nonzero):
+    return _window_sums(nonzero, a[nonzero], lo, hi)
+
+
+def _window_sums(at: np.ndarray, values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """For every i, the sum of the `values` whose position in `at` (sorted) lies in [lo[i], hi[i]); 0 if none."""
+    if not len(at):
         return np.zeros(len(lo))
-    n_lo, n_hi = np.searchsorted(nonzero, lo), np.searchsorted(nonzero, hi)
-    return np.where(n_hi > n_lo, _window_reduce(np.add, a[nonzero], n_lo, n_hi), 0.0)
+    n_lo, n_hi = np.searchsorted(at, lo), np.searchsorted(at, hi)
+    return np.where(n_hi > n_lo, _window_reduce(np.add, values, n_lo, n_hi), 0.0)
 
 
 def _windows(samples: Samples, ref: np.ndarray, range_ms: int) -> tuple[np.ndarray, np.ndarray]:
@@ -542,12 +547,10 @@ def _rate(is_counter: bool, is_rate: bool):
         result = last_v - first_v
         if is_counter:
             # a drop between consecutive samples is a reset: the counter restarted from zero, so the value
-            # before it is added back (the sum over each window's resets, as `_sparse_window_sum` adds them)
+            # before it is added back (those at k with lo < k < hi: sample k - 1 is in the window too)
             at, lost = s.drops()
-            at, lost = at[lost != 0], lost[lost != 0]
             if len(at):
-                n_lo, n_hi = np.searchsorted(at, lo + 1), np.searchsorted(at, hi)
-                result += np.where(n_hi > n_lo, _window_reduce(np.add, lost, n_lo, n_hi), 0.0)
+                result += _window_sums(at[lost != 0], lost[lost != 0], lo + 1, hi)
         ok = n >= 2
         with np.errstate(all="ignore"):  # windows with fewer than two samples give garbage, dropped here
             out = _extrapolate(result, first_t, last_t, first_v, n, ref, range_ms, is_counter, is_rate)

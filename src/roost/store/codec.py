@@ -286,15 +286,6 @@ class Decoded:
             self._drops = drops
         return drops
 
-    def values_at(self, k: np.ndarray) -> np.ndarray:
-        """The values of samples `k` (indices), bit for bit what `into` writes for them."""
-        if self.x is None:
-            return self.values[k]
-        values = unscale(self.x[k], self.exponent)
-        if self.negative_zeros is not None:
-            values[np.isin(k, self.negative_zeros)] = -0.0
-        return values
-
 
 _count_up = np.arange(0, dtype=np.int64)
 
@@ -684,6 +675,10 @@ def _decompress(frame: bytes, size: int) -> bytes:
     return body
 
 
+def _truncated(pos: int, field: str) -> StoreError:
+    return StoreError(f"chunk blob is truncated: it ends at byte {pos}, before the {field}")
+
+
 class _Reader:
     """Reads header fields; running out of bytes is a StoreError naming the field."""
 
@@ -692,7 +687,7 @@ class _Reader:
 
     def byte(self, field: str) -> int:
         if self.pos >= len(self.blob):
-            raise StoreError(f"chunk blob is truncated: it ends at byte {self.pos}, before the {field}")
+            raise _truncated(self.pos, field)
         self.pos += 1
         return self.blob[self.pos - 1]
 
@@ -711,7 +706,7 @@ class _Reader:
         value = shift = 0
         while True:
             if pos >= len(blob):
-                raise StoreError(f"chunk blob is truncated: it ends at byte {pos}, before the {field}")
+                raise _truncated(pos, field)
             byte = blob[pos]
             pos += 1
             value |= (byte & 0x7F) << shift
